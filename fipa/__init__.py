@@ -1,0 +1,1 @@
+"""FIPA reproduction library."""

@@ -1,0 +1,294 @@
+"""Typed run configuration: load one job's YAML, validate every key, fill defaults.
+
+A run config has fixed top-level sections; the keys inside ``task``, ``partition``,
+``client`` and ``aggregator`` beyond their ``name``/``scheme``/``method`` are the
+``Params`` dataclass of the registered entry, so each entry documents its own keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fipa.registry import Registry, UnknownNameError
+
+
+class ConfigError(ValueError):
+    """Bad input, found before any training; the message names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Coerce a YAML scalar to the annotated type; PyYAML reads ``1e-3`` as a string."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is typing.Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(typ)[:1]
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def parse_params(cls: type, values: dict[str, Any], path: str) -> Any:
+    """Build dataclass ``cls`` from ``values``: reject unknown keys, coerce types, validate.
+
+    ``cls`` may define ``check(self) -> list[tuple[str, str]]`` returning (key, problem)
+    pairs for range checks.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        valid = ", ".join(fields) or "(none)"
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key; valid keys here: {valid}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in values:
+            kwargs[name] = _coerce(values[name], hints[name], f"{path}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}.{name}: missing required key")
+    obj = cls(**kwargs)
+    for key, problem in getattr(obj, "check", lambda: [])():
+        raise ConfigError(f"{path}.{key}: {problem}")
+    return obj
+
+
+def as_dict(obj: Any) -> Any:
+    """Dataclass (nested) -> plain dict for YAML/JSON."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+@dataclass
+class NoParams:
+    """An entry without options."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class Section:
+    """A registry-backed section: the entry's name plus its validated ``Params``."""
+
+    name: str
+    params: Any
+
+    def to_dict(self, name_key: str) -> dict[str, Any]:
+        return {name_key: self.name, **as_dict(self.params)}
+
+
+def parse_section(
+    raw: Any, path: str, name_key: str, registry: Registry, extra: tuple[str, ...] = ()
+) -> tuple[Section, dict[str, Any]]:
+    """Split ``{name_key: X, ...}`` into the registered entry's Params and the ``extra`` keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with key {name_key!r}, got {raw!r}")
+    if name_key not in raw:
+        raise ConfigError(f"{path}.{name_key}: missing required key")
+    try:
+        entry = registry.get(raw[name_key], key=f"{path}.{name_key}")
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    rest = {k: v for k, v in raw.items() if k != name_key and k not in extra}
+    params = parse_params(getattr(entry, "Params", NoParams), rest, path)
+    return Section(raw[name_key], params), {k: raw[k] for k in extra if k in raw}
+
+
+@dataclass
+class ClientConfig:
+    """Local training: optimizer and amount of local work per round."""
+
+    method: str = "local"
+    optimizer: typing.Literal["sgd", "adam"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    local_epochs: int = 1
+    local_steps: int | None = None  # overrides local_epochs when set
+    batch_size: int | None = None  # None: full batch
+    params: Any = None
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        if self.lr <= 0:
+            out.append(("lr", f"must be > 0, got {self.lr}"))
+        if self.local_epochs < 1:
+            out.append(("local_epochs", f"must be >= 1, got {self.local_epochs}"))
+        if self.local_steps is not None and self.local_steps < 1:
+            out.append(("local_steps", f"must be >= 1 or null, got {self.local_steps}"))
+        if self.batch_size is not None and self.batch_size < 1:
+            out.append(("batch_size", f"must be >= 1 or null, got {self.batch_size}"))
+        return out
+
+
+@dataclass
+class RunConfig:
+    """One training job: task x partition x client method x aggregator x seed."""
+
+    task: Section
+    partition: Section
+    clients: int
+    client: ClientConfig
+    aggregator: Section
+    rounds: int
+    seed: int = 0
+    participation: float = 1.0
+    eval_every: int = 1
+    checkpoint_every: int = 1
+    dtype: str = "float64"
+    device: str = "cpu"
+    partition_file: str | None = None
+    warmup_checkpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        client = as_dict(self.client)
+        client.update(client.pop("params") or {})
+        d = {
+            "task": self.task.to_dict("name"),
+            "partition": {**self.partition.to_dict("scheme"), "clients": self.clients},
+            "client": client,
+            "aggregator": self.aggregator.to_dict("name"),
+        }
+        for f in dataclasses.fields(self):
+            if f.name not in ("task", "partition", "clients", "client", "aggregator"):
+                d[f.name] = getattr(self, f.name)
+        return d
+
+
+_TOP_KEYS = {
+    "task", "partition", "client", "aggregator", "rounds", "seed", "participation",
+    "eval_every", "checkpoint_every", "dtype", "device", "partition_file", "warmup_checkpoint",
+}
+_REQUIRED = ("task", "partition", "client", "aggregator", "rounds")
+_CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
+
+
+def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
+    """Validate a run config mapping; raise one ConfigError naming the first bad key."""
+    from fipa import aggregators, clients, partition, tasks  # registries fill on import
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at top level")
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]}: unknown top-level key in {source}; valid keys: {', '.join(sorted(_TOP_KEYS))}"
+        )
+    for key in _REQUIRED:
+        if key not in raw:
+            raise ConfigError(f"{key}: missing required key in {source}")
+
+    task, _ = parse_section(raw["task"], "task", "name", tasks.TASKS)
+    part, extra = parse_section(
+        raw["partition"], "partition", "scheme", partition.SCHEMES, extra=("clients",)
+    )
+    if "clients" not in extra:
+        raise ConfigError("partition.clients: missing required key (number of clients)")
+    n_clients = _coerce(extra["clients"], int, "partition.clients")
+    if n_clients < 1:
+        raise ConfigError(f"partition.clients: must be >= 1, got {n_clients}")
+
+    craw = raw["client"]
+    if not isinstance(craw, dict):
+        raise ConfigError("client: expected a mapping")
+    method = craw.get("method", "local")
+    try:
+        method_cls = clients.CLIENT_METHODS.get(method, key="client.method")
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    common = {k: v for k, v in craw.items() if k in _CLIENT_KEYS}
+    client = parse_params(ClientConfig, common, "client")
+    client.params = parse_params(
+        getattr(method_cls, "Params", NoParams),
+        {k: v for k, v in craw.items() if k not in _CLIENT_KEYS},
+        "client",
+    )
+
+    agg, _ = parse_section(raw["aggregator"], "aggregator", "name", aggregators.AGGREGATORS)
+    top = {k: raw[k] for k in _TOP_KEYS - {"task", "partition", "client", "aggregator"} if k in raw}
+    cfg = RunConfig(
+        task=task, partition=part, clients=n_clients, client=client, aggregator=agg,
+        rounds=_coerce(top.pop("rounds"), int, "rounds"),
+        **{k: _coerce(v, _TOP_TYPES[k], k) for k, v in top.items()},
+    )
+    _check_top(cfg)
+    return cfg
+
+
+_TOP_TYPES = {
+    "seed": int, "participation": float, "eval_every": int, "checkpoint_every": int,
+    "dtype": typing.Literal["float32", "float64"], "device": str,
+    "partition_file": str | None, "warmup_checkpoint": str | None,
+}
+
+
+def _check_top(cfg: RunConfig) -> None:
+    if cfg.rounds < 0:
+        raise ConfigError(f"rounds: must be >= 0, got {cfg.rounds}")
+    if not 0.0 < cfg.participation <= 1.0:
+        raise ConfigError(
+            f"participation: must lie in (0, 1] (fraction of clients per round), got {cfg.participation}"
+        )
+    if cfg.eval_every < 1:
+        raise ConfigError(f"eval_every: must be >= 1, got {cfg.eval_every}")
+    if cfg.checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every: must be >= 1, got {cfg.checkpoint_every}")
+    if cfg.device != "cpu" and not (cfg.device == "auto" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"device: use cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    for key in ("partition_file", "warmup_checkpoint"):
+        p = getattr(cfg, key)
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"{key}: file {p} does not exist; run its producing step first")
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a run YAML (``safe_load``)."""
+    from fipa.io import read_yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = read_yaml(path)
+    except Exception as e:  # yaml errors carry line numbers; keep them
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_run_config(raw, source=str(path))
+
+
+__all__ = ["ConfigError", "RunConfig", "ClientConfig", "parse_run_config", "load_run_config",
+           "parse_params", "field"]

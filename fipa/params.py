@@ -1,0 +1,54 @@
+"""Flat parameter vectors at the aggregation boundary, and back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names, shapes and offsets of a model's parameters inside a flat vector of length P."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ParamLayout:
+        named = [(n, p.shape) for n, p in model.named_parameters()]
+        return cls(tuple(n for n, _ in named), tuple(s for _, s in named))
+
+    @property
+    def sizes(self) -> list[int]:
+        return [s.numel() for s in self.shapes]
+
+    @property
+    def numel(self) -> int:
+        """P, the number of trainable scalars."""
+        return sum(self.sizes)
+
+    def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """dict of tensors -> flat vector [P] (in layout order)."""
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """flat vector [P] -> dict of views with the model's shapes."""
+        chunks = torch.split(flat, self.sizes)
+        return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
+
+    def flatten_batched(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """dict of tensors with a leading batch axis [B, ...] -> [B, P]."""
+        first = params[self.names[0]]
+        return torch.cat([params[n].reshape(first.shape[0], -1) for n in self.names], dim=1)
+
+
+def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of a module's parameters, keyed by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def model_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of a module's buffers (e.g. BatchNorm statistics)."""
+    return {n: b.detach().clone() for n, b in model.named_buffers()}

@@ -1,0 +1,66 @@
+"""Named registries: aggregators, client methods, tasks and partition schemes."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A config asked for a name that no registry entry carries."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A mapping from config names to classes or functions.
+
+    Adding an entry is one decorator: ``@AGGREGATORS.register("fedavg")``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that files ``obj`` under ``name``."""
+
+        def deco(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return deco
+
+    def register_lazy(self, name: str, module: str) -> None:
+        """Announce ``name`` now, import ``module`` (which registers it) on first use.
+
+        Keeps heavy imports (DeepXDE, torchvision) out of jobs that do not need them.
+        """
+        self._lazy[name] = module
+
+    def get(self, name: str, key: str | None = None) -> T:
+        """Entry for ``name``; the error names the config key and the valid choices."""
+        if name not in self._entries and name in self._lazy:
+            importlib.import_module(self._lazy.pop(name))
+        if name not in self._entries:
+            where = f"{key}: " if key else ""
+            raise UnknownNameError(
+                f"{where}unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted({*self._entries, *self._lazy})
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self._lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

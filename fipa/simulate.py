@@ -1,0 +1,298 @@
+"""The federated round loop: sampling, local training, aggregation, metrics, checkpoints.
+
+Every random draw is seeded from (seed, round, client), so a run resumed from a
+checkpoint ends with exactly the numbers of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fipa import devices
+from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate
+from fipa.clients import CLIENT_METHODS, ClientMethod
+from fipa.config import ConfigError, RunConfig
+from fipa.curvature import client_curvature
+from fipa.io import write_csv, write_json
+from fipa.losses import mean_loss
+from fipa.params import ParamLayout
+from fipa.partition import make_partition
+from fipa.tasks import build_task
+from fipa.tasks.base import Batch, Task
+
+CHECKPOINT = "checkpoint.pt"
+BASE_COLUMNS = ["round", "train_loss", "test_loss"]
+TAIL_COLUMNS = ["uplink_bytes", "uplink_bytes_total", "diverged", "wall_s"]
+# keys that may change between a run and its resumption without changing its numbers
+_RESUMABLE_KEYS = ("rounds", "device", "eval_every", "checkpoint_every")
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (seed, round, client, purpose)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def sample_clients(seed: int, rnd: int, num_clients: int, participation: float) -> list[int]:
+    """The clients of round ``rnd``: ceil-free rounding, at least one, sorted."""
+    k = max(1, round(participation * num_clients))
+    rng = np.random.default_rng(derive_seed(seed, rnd, 0x5A))
+    return sorted(rng.choice(num_clients, size=k, replace=False).tolist())
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint holds."""
+
+    round: int
+    theta: torch.Tensor
+    agg_state: dict[str, torch.Tensor]
+    client_states: dict[str, dict[str, torch.Tensor]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged: bool = False
+    uplink_total: int = 0
+    wall_s: float = 0.0
+
+    def to_dict(self, fp: str) -> dict[str, Any]:
+        return {**self.__dict__, "fingerprint": fp}
+
+
+def load_partition(path: str, cfg: RunConfig, n: int) -> list[np.ndarray]:
+    """Client index lists from a ``fipa partition`` file, checked against this run."""
+    try:
+        data = json.loads(Path(path).read_text())
+        parts = [np.asarray(p, dtype=np.int64) for p in data["indices"]]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"partition_file: {path} is unreadable ({e}); run `fipa partition` again") from None
+    if len(parts) != cfg.clients or data.get("n") != n:
+        raise ConfigError(
+            f"partition_file: {path} holds {len(parts)} clients over {data.get('n')} samples, "
+            f"but this run has {cfg.clients} clients over {n}; regenerate it with `fipa partition`"
+        )
+    return parts
+
+
+def load_checkpoint(path: Path, fp: str) -> RunState:
+    try:
+        raw = torch.load(path, weights_only=True)
+        if raw.pop("fingerprint") != fp:
+            raise ConfigError(
+                f"{path}: checkpoint belongs to a different config; move it away or use another "
+                "output directory"
+            )
+        return RunState(**raw)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"{path}: checkpoint is corrupt or truncated ({type(e).__name__}); delete it to "
+            "restart this run from round 0"
+        ) from None
+
+
+def save_checkpoint(path: Path, state: RunState, fp: str) -> None:
+    from fipa.io import atomic_write
+
+    atomic_write(path, lambda fh: torch.save(state.to_dict(fp), fh), mode="wb")
+
+
+def pooled(batches: list[Batch]) -> Batch:
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
+@dataclass
+class Simulation:
+    """A prepared run: task, model, clients' data, aggregator and client method."""
+
+    cfg: RunConfig
+    task: Task
+    model: torch.nn.Module
+    layout: ParamLayout
+    data: list[Batch]
+    aggregator: Aggregator
+    method: ClientMethod
+    device: torch.device
+
+    @classmethod
+    def build(cls, cfg: RunConfig) -> Simulation:
+        """Everything that can fail on bad input happens here, before any training."""
+        dtype = getattr(torch, cfg.dtype)
+        device = devices.resolve(cfg.device)
+        task = build_task(cfg.task.name, cfg.task.params, cfg.seed, dtype)
+        agg = AGGREGATORS.get(cfg.aggregator.name)(cfg.aggregator.params)
+        method = CLIENT_METHODS.get(cfg.client.method)(cfg.client)
+        pin = task.partition_input()
+        if cfg.partition_file:
+            parts = load_partition(cfg.partition_file, cfg, pin.n)
+        else:
+            parts = make_partition(pin, cfg.partition.name, cfg.clients, cfg.partition.params, cfg.seed)
+        if agg.pools_clients:
+            parts = [np.sort(np.concatenate(parts))]
+        data = [{k: v.to(device) for k, v in task.client_data(p).items()} for p in parts]
+        torch.manual_seed(derive_seed(cfg.seed, 0x1217))
+        model = task.build_model().to(device)
+        return cls(cfg, task, model, ParamLayout.of(model), data, agg, method, device)
+
+    def initial_theta(self) -> torch.Tensor:
+        theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
+        if self.cfg.warmup_checkpoint:
+            theta = load_warmup(self.cfg.warmup_checkpoint, theta)
+        return theta
+
+    def metrics_columns(self) -> list[str]:
+        return BASE_COLUMNS + list(self.task.metrics) + TAIL_COLUMNS
+
+    def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
+        params = self.layout.unflatten(theta)
+        with torch.no_grad():
+            train = pooled(self.data)
+            out = self.task.outputs(self.model, params, train)
+            row = {"train_loss": float(mean_loss(self.task.loss_kind, out, self.task.targets(train)))}
+        row.update(self.task.evaluate(self.model, params))
+        return row
+
+    def client_round(self, theta: torch.Tensor, rnd: int, m: int, state: dict) -> ClientUpdate:
+        """One client's local work and upload for round ``rnd``."""
+        seed = self.cfg.seed
+        gen = torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xC1))
+        result = self.method.train(self.task, self.model, self.layout, theta, self.data[m], gen, state)
+        update = ClientUpdate(result.theta - theta, next(iter(self.data[m].values())).shape[0])
+        request = self.aggregator.curvature_request()
+        if request is not None:
+            at = theta if request.at == "broadcast" else result.theta
+            cgen = torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xCF))
+            curv = client_curvature(request, self.task, self.model, self.layout, at, self.data[m], cgen)
+            update.factor, update.eigvals = curv.get("factor"), curv.get("eigvals")
+            update.diag = curv.get("diag")
+        return update
+
+
+def load_warmup(path: str, like: torch.Tensor) -> torch.Tensor:
+    try:
+        theta = torch.load(path, weights_only=True)["theta"]
+    except Exception as e:
+        raise ConfigError(f"warmup_checkpoint: {path} is unreadable ({type(e).__name__}); "
+                          "rerun the warm-up") from None
+    if theta.shape != like.shape:
+        raise ConfigError(f"warmup_checkpoint: {path} has {theta.numel()} parameters, the model "
+                          f"{like.numel()}; the warm-up was made for another model")
+    return theta.to(like)
+
+
+def train(
+    cfg: RunConfig, outdir: str | Path, log: Callable[[str], None] = print, label: str = "",
+) -> dict[str, Any]:
+    """Run (or resume) one job into ``outdir``; returns the final summary (final.json)."""
+    outdir = Path(outdir)
+    sim = Simulation.build(cfg)
+    fp = fingerprint(cfg)
+    ckpt = outdir / CHECKPOINT
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, fp)
+        log(f"{label} resuming from round {state.round}")
+    else:
+        theta = sim.initial_theta()
+        state = RunState(0, theta, sim.aggregator.init_state(theta), {})
+    columns = sim.metrics_columns()
+    M = len(sim.data)
+    t0 = time.perf_counter() - state.wall_s
+    if not state.rows:
+        state.rows.append(_row(0, sim.evaluate(state.theta), 0, 0, False, 0.0))
+        log(_progress(label, state.rows[-1], cfg.rounds, sim.task.primary_metric))
+    while state.round < cfg.rounds and not state.diverged:
+        rnd = state.round + 1
+        chosen = sample_clients(cfg.seed, rnd, M, cfg.participation) if M > 1 else [0]
+        theta = state.theta
+        updates = []
+        for m in chosen:
+            cstate = state.client_states.setdefault(str(m), sim.method.init_state(theta))
+            updates.append(sim.client_round(theta, rnd, m, cstate))
+        theta_new = sim.aggregator.step(theta, updates, state.agg_state)
+        bytes_ = sum(u.uplink_numbers for u in updates) * theta.element_size()
+        state.uplink_total += bytes_
+        state.round, state.theta = rnd, theta_new
+        state.diverged = not bool(torch.isfinite(theta_new).all())
+        if state.diverged or rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            metrics = sim.evaluate(theta_new) if not state.diverged else {}
+            state.diverged = state.diverged or not all(math.isfinite(v) for v in metrics.values())
+            state.wall_s = time.perf_counter() - t0
+            state.rows.append(_row(rnd, metrics, bytes_, state.uplink_total, state.diverged,
+                                   state.wall_s))
+            log(_progress(label, state.rows[-1], cfg.rounds, sim.task.primary_metric))
+        if state.diverged or rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds:
+            state.wall_s = time.perf_counter() - t0
+            save_checkpoint(ckpt, state, fp)
+            write_csv(outdir / "metrics.csv", state.rows, columns)
+    state.wall_s = time.perf_counter() - t0
+    write_csv(outdir / "metrics.csv", state.rows, columns)
+    save_checkpoint(ckpt, state, fp)
+    final = summarize(cfg, sim, state)
+    write_json(outdir / "final.json", final)
+    return final
+
+
+def _row(rnd, metrics, bytes_, total, diverged, wall) -> dict[str, Any]:
+    return {"round": rnd, **metrics, "uplink_bytes": bytes_, "uplink_bytes_total": total,
+            "diverged": int(diverged), "wall_s": round(wall, 3)}
+
+
+def _progress(label: str, row: dict[str, Any], rounds: int, metric: str) -> str:
+    if row["diverged"]:
+        return f"{label} round {row['round']}/{rounds}  DIVERGED (non-finite parameters or loss)"
+    return (f"{label} round {row['round']}/{rounds}  train_loss {row['train_loss']:.4g}  "
+            f"{metric} {row.get(metric, float('nan')):.4g}  [{row['wall_s']:.1f} s]")
+
+
+def summarize(cfg: RunConfig, sim: Simulation, state: RunState) -> dict[str, Any]:
+    """The content of final.json: identity, outcome, final and best metrics, provenance."""
+    evaluated = [r for r in state.rows if "test_loss" in r]
+    last = evaluated[-1] if evaluated else {}
+    keys = ["train_loss", "test_loss", *sim.task.metrics]
+    directions = {"train_loss": "min", "test_loss": "min", **sim.task.metrics}
+    best = {}
+    for k in keys:
+        vals = [r[k] for r in evaluated if k in r and math.isfinite(r[k])]
+        if vals:
+            best[k] = min(vals) if directions[k] == "min" else max(vals)
+    return {
+        "task": cfg.task.name,
+        "partition": cfg.partition.name,
+        "client_method": cfg.client.method,
+        "aggregator": cfg.aggregator.name,
+        "seed": cfg.seed,
+        "rounds_completed": state.round,
+        "diverged": state.diverged,
+        "final": {k: last[k] for k in keys if k in last},
+        "best": best,
+        "metric_directions": directions,
+        "primary_metric": sim.task.primary_metric,
+        "num_params": sim.layout.numel,
+        "uplink_bytes_total": state.uplink_total,
+        "wall_s": round(state.wall_s, 3),
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "device": str(sim.device),
+    }
+
+
+def versions() -> dict[str, str]:
+    import fipa
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+            "fipa": getattr(fipa, "__version__", "0.1.0"), "platform": platform.platform()}
