@@ -68,13 +68,15 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from fipa.report import collect
 
     df = collect(args.runs, args.output)
+    if df.empty:
+        raise ConfigError(f"no run directories with final.json under {', '.join(args.runs)}")
     print(f"wrote {args.output}: {len(df)} runs")
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
     from fipa.report import figures
 
-    paths = figures(args.runs, args.summary, args.outdir)
+    paths = figures(args.summary, args.outdir)
     for p in paths:
         print(f"wrote {p}")
 
@@ -100,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("collect", help="all run dirs -> summary.csv")
-    s.add_argument("runs", nargs="?", default="results/runs", help="root of run directories")
+    s.add_argument("runs", nargs="*", default=["results/runs"],
+                   help="run directories, or roots searched for final.json")
     s.add_argument("-o", "--output", default="results/summary.csv")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("figures", help="convergence and summary figures")
-    s.add_argument("runs", nargs="?", default="results/runs")
     s.add_argument("--summary", default="results/summary.csv")
     s.add_argument("-o", "--outdir", default="results/figures")
     s.set_defaults(func=cmd_figures)

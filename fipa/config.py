@@ -174,6 +174,7 @@ class RunConfig:
     device: str = "cpu"
     partition_file: str | None = None
     warmup_checkpoint: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # grid names for tables; no effect on numbers
 
     def to_dict(self) -> dict[str, Any]:
         client = as_dict(self.client)
@@ -193,6 +194,7 @@ class RunConfig:
 _TOP_KEYS = {
     "task", "partition", "client", "aggregator", "rounds", "seed", "participation",
     "eval_every", "checkpoint_every", "dtype", "device", "partition_file", "warmup_checkpoint",
+    "labels",
 }
 _REQUIRED = ("task", "partition", "client", "aggregator", "rounds")
 _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
@@ -253,7 +255,7 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
 _TOP_TYPES = {
     "seed": int, "participation": float, "eval_every": int, "checkpoint_every": int,
     "dtype": typing.Literal["float32", "float64"], "device": str,
-    "partition_file": str | None, "warmup_checkpoint": str | None,
+    "partition_file": str | None, "warmup_checkpoint": str | None, "labels": dict,
 }
 
 
@@ -266,6 +268,8 @@ def _check_top(cfg: RunConfig) -> None:
         )
     if cfg.eval_every < 1:
         raise ConfigError(f"eval_every: must be >= 1, got {cfg.eval_every}")
+    if not isinstance(cfg.labels, dict) or not all(isinstance(v, str) for v in cfg.labels.values()):
+        raise ConfigError("labels: expected a mapping of names to strings")
     if cfg.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every: must be >= 1, got {cfg.checkpoint_every}")
     if cfg.device != "cpu" and not (cfg.device == "auto" or cfg.device.startswith("cuda")):

@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 BASE_COLUMNS = ["round", "train_loss", "test_loss"]
 TAIL_COLUMNS = ["uplink_bytes", "uplink_bytes_total", "diverged", "wall_s"]
 # keys that may change between a run and its resumption without changing its numbers
-_RESUMABLE_KEYS = ("rounds", "device", "eval_every", "checkpoint_every")
+_RESUMABLE_KEYS = ("rounds", "device", "eval_every", "checkpoint_every", "labels", "partition_file")
 
 
 def fingerprint(cfg: RunConfig) -> str:
@@ -270,12 +270,14 @@ def summarize(cfg: RunConfig, sim: Simulation, state: RunState) -> dict[str, Any
         vals = [r[k] for r in evaluated if k in r and math.isfinite(r[k])]
         if vals:
             best[k] = min(vals) if directions[k] == "min" else max(vals)
+    labels = cfg.labels
     return {
-        "task": cfg.task.name,
-        "partition": cfg.partition.name,
-        "client_method": cfg.client.method,
-        "aggregator": cfg.aggregator.name,
+        "task": labels.get("task", cfg.task.name),
+        "partition": labels.get("partition", cfg.partition.name),
+        "client_method": labels.get("client_method", cfg.client.method),
+        "aggregator": labels.get("aggregator", cfg.aggregator.name),
         "seed": cfg.seed,
+        "task_family": cfg.task.name,
         "rounds_completed": state.round,
         "diverged": state.diverged,
         "final": {k: last[k] for k in keys if k in last},

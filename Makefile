@@ -1,0 +1,36 @@
+# Every target creates .venv itself when it is missing (or pyproject.toml changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+
+.PHONY: reproduce test lint test-slow dry-run clean-results help
+
+help:
+	@echo "make reproduce   set up .venv, then run the default reproduction (config/config.yaml)"
+	@echo "make test        set up .venv, then run the test suite and ruff"
+	@echo "make test-slow   also run the slow paper-scale tests"
+	@echo "make dry-run     list the jobs the default reproduction would run"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+dry-run: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --quiet rules --configfile config/config.yaml
+
+test: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+	$(BIN)/ruff check .
+
+test-slow: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q --runslow
+
+clean-results:
+	find results -mindepth 1 ! -name README.md -exec rm -rf {} +

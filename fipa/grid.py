@@ -1,0 +1,99 @@
+"""Expand a workflow config (config/config.yaml) into per-job run configs.
+
+The workflow grid is task x partition x client method x aggregator x seed. Each cell's
+run config is a plain dict that ``fipa train`` validates; nothing here imports Snakemake.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+TASK_RUN_KEYS = ("rounds", "eval_every", "checkpoint_every", "participation", "dtype", "device")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training job of the grid."""
+
+    task: str
+    partition: str
+    method: str
+    aggregator: str
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task}/{self.partition}/{self.method}/{self.aggregator}/seed{self.seed}"
+
+    @property
+    def partition_id(self) -> str:
+        return f"{self.task}/{self.partition}/seed{self.seed}"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _selected(task_cfg: dict[str, Any], key: str, all_names: list[str]) -> list[str]:
+    chosen = task_cfg.get(key)
+    return list(all_names) if chosen is None else list(chosen)
+
+
+def cells(config: dict[str, Any]) -> list[Cell]:
+    """Every job of the grid, in a stable order."""
+    out = []
+    for tname, t in config["tasks"].items():
+        methods = _selected(t, "client_methods", list(config["client_methods"]))
+        aggs = _selected(t, "aggregators", list(config["aggregators"]))
+        for pname in t["partitions"]:
+            for method in methods:
+                for agg in aggs:
+                    for seed in config["seeds"]:
+                        out.append(Cell(tname, pname, method, agg, int(seed)))
+    return out
+
+
+def partition_spec(config: dict[str, Any], task: str, partition: str, seed: int) -> dict[str, Any]:
+    """A run config sufficient for ``fipa partition`` (task, partition, seed)."""
+    t = config["tasks"][task]
+    return {
+        "task": copy.deepcopy(t["task"]),
+        "partition": copy.deepcopy(t["partitions"][partition]),
+        "client": {},
+        "aggregator": {"name": "fedavg"},
+        "rounds": 0,
+        "seed": int(seed),
+        **({"dtype": t["dtype"]} if "dtype" in t else {}),
+    }
+
+
+def run_spec(config: dict[str, Any], cell: Cell, partition_file: str) -> dict[str, Any]:
+    """The full run config of one cell, with the partition file it trains on."""
+    t = config["tasks"][cell.task]
+    client = _merge(t.get("client", {}), config["client_methods"][cell.method])
+    aggregator = _merge(config["aggregators"][cell.aggregator],
+                        t.get("aggregator_overrides", {}).get(cell.aggregator))
+    spec = {
+        "task": copy.deepcopy(t["task"]),
+        "partition": copy.deepcopy(t["partitions"][cell.partition]),
+        "client": client,
+        "aggregator": aggregator,
+        "seed": cell.seed,
+        "partition_file": partition_file,
+        "labels": {"task": cell.task, "partition": cell.partition,
+                   "client_method": cell.method, "aggregator": cell.aggregator},
+    }
+    spec.update({k: t[k] for k in TASK_RUN_KEYS if k in t})
+    return spec
+
+
+def write_spec(path: str, spec: dict[str, Any]) -> None:
+    """Write a run/partition spec as YAML, atomically."""
+    from fipa.io import write_yaml
+
+    write_yaml(path, spec)
