@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml $(SNAKEFLAGS)
 
 dry-run: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --quiet rules --configfile config/config.yaml
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --quiet rules --configfile config/config.yaml $(SNAKEFLAGS)
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q

@@ -1,13 +1,15 @@
 # Grid expansion and path helpers shared by the rules (logic lives in fipa.grid).
 
+import os
+
 import fipa.grid as grid
 
-RESULTS = config["results"]
 CELLS = grid.cells(config)
-SUMMARY = f"{RESULTS}/summary.csv"
-FIGURES_DONE = f"{RESULTS}/figures/.done"
-RUN_DIR = RESULTS + "/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
-PART_FILE = RESULTS + "/partitions/{task}/{partition}/seed{seed}.json"
+SUMMARY = "results/summary.csv"
+FIGURES_DONE = "results/figures/.done"
+RUN_DIR = "results/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
+PART_FILE = "results/partitions/{task}/{partition}/seed{seed}.json"
+CONDA_ENV = "../envs/fipa.yaml"
 
 
 wildcard_constraints:
@@ -34,7 +36,12 @@ def run_spec(w):
 
 
 def all_final_files():
-    return [f"{RESULTS}/runs/{c.run_id}/final.json" for c in CELLS]
+    return [f"results/runs/{c.run_id}/final.json" for c in CELLS]
+
+
+def output_dir(wildcards, output):
+    """Directory of a rule's first output (Snakemake params function)."""
+    return os.path.dirname(output[0])
 
 
 def train_resources():

@@ -4,7 +4,9 @@ rule collect:
     output:
         SUMMARY,
     log:
-        RESULTS + "/logs/collect.log",
+        "results/logs/collect.log",
+    conda:
+        CONDA_ENV
     shell:
         "fipa collect {input} -o {output} > {log} 2>&1"
 
@@ -15,8 +17,10 @@ rule figures:
     output:
         touch(FIGURES_DONE),
     log:
-        RESULTS + "/logs/figures.log",
+        "results/logs/figures.log",
     params:
-        outdir=RESULTS + "/figures",
+        outdir=output_dir,
+    conda:
+        CONDA_ENV
     shell:
         "fipa figures --summary {input} -o {params.outdir} > {log} 2>&1"

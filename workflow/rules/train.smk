@@ -1,28 +1,34 @@
 rule run_spec:
     output:
-        RUN_DIR + "/run.yaml",
+        f"{RUN_DIR}/run.yaml",
+    log:
+        "results/logs/run_spec/{task}/{partition}/{method}/{aggregator}/seed{seed}.log",
     params:
         spec=run_spec,
     localrule: True
+    conda:
+        CONDA_ENV
     run:
         grid.write_spec(output[0], params.spec)
 
 
 rule train:
     input:
-        spec=RUN_DIR + "/run.yaml",
+        spec=f"{RUN_DIR}/run.yaml",
         partition=PART_FILE,
     output:
-        final=RUN_DIR + "/final.json",
-        metrics=RUN_DIR + "/metrics.csv",
+        final=f"{RUN_DIR}/final.json",
+        metrics=f"{RUN_DIR}/metrics.csv",
     log:
-        RESULTS + "/logs/train/{task}/{partition}/{method}/{aggregator}/seed{seed}.log",
+        "results/logs/train/{task}/{partition}/{method}/{aggregator}/seed{seed}.log",
     benchmark:
-        RESULTS + "/benchmarks/{task}/{partition}/{method}/{aggregator}/seed{seed}.tsv"
+        "results/benchmarks/{task}/{partition}/{method}/{aggregator}/seed{seed}.tsv"
     threads: config["threads_per_job"]
     resources:
         **train_resources(),
     params:
-        outdir=RUN_DIR,
+        outdir=output_dir,
+    conda:
+        CONDA_ENV
     shell:
         "fipa train -c {input.spec} -o {params.outdir} --threads {threads} > {log} 2>&1"
