@@ -300,8 +300,8 @@ def fipa_direction(
         dbar.add_(d, alpha=float(wm))
 
     def block(cols: slice) -> torch.Tensor:
-        # rows of B restricted to these columns: [R, c]
-        return torch.cat([float(s) * A[:, cols] for s, A in zip(sw, factors, strict=True)])
+        # rows of B restricted to these columns, in float64: [R, c]
+        return torch.cat([float(s) * A[:, cols].to(torch.float64) for s, A in zip(sw, factors, strict=True)])
 
     R = sum(A.shape[0] for A in factors)
     gram = torch.zeros(R, R, dtype=torch.float64)  # G = B B^T
@@ -310,11 +310,11 @@ def fipa_direction(
     offsets = torch.tensor([0] + [A.shape[0] for A in factors]).cumsum(0).tolist()
     for cols in _column_chunks(P, chunk):
         Bc = block(cols)
-        gram += (Bc @ Bc.T).to(torch.float64)
-        b_dbar += (Bc @ dbar[cols]).to(torch.float64)
+        gram += Bc @ Bc.T
+        b_dbar += Bc @ dbar[cols].to(torch.float64)
         for m, d in enumerate(deltas):
             rows = slice(offsets[m], offsets[m + 1])
-            c[rows] += (Bc[rows] @ d[cols]).to(torch.float64)
+            c[rows] += Bc[rows] @ d[cols].to(torch.float64)
 
     # eigen-decompose the Gram matrix: G = U diag(s^2) U^T, so H = Q diag(s^2) Q^T, Q = B^T U / s
     e, U = torch.linalg.eigh(gram)
@@ -322,8 +322,8 @@ def fipa_direction(
     e, U = e[keep], U[:, keep]
     s = e.sqrt()
     lam = rho * float(e.max()) if e.numel() else 0.0
-    # Q^T g = U^T (G c + lambda B dbar) / s   since  Q^T B^T = U^T G / s
-    qt_g = U.T @ (gram @ c + lam * b_dbar) / s
+    # Q^T g = U^T (G c + lambda B dbar) / s = s U^T c + lambda U^T B dbar / s   (G U = U diag(s^2))
+    qt_g = s * (U.T @ c) + lam * (U.T @ b_dbar) / s
     coef = qt_g / (e + lam)  # coordinates of the update in range(H), basis Q
     use_complement = complement == "fedavg"
     if use_complement:
@@ -332,10 +332,6 @@ def fipa_direction(
     z = U @ (coef / s)  # Q coef = B^T z
     out = dbar.clone() if use_complement else torch.zeros_like(dbar)
     for cols in _column_chunks(P, chunk):
-        out[cols] += Bc_T_z(block(cols), z)
+        # apply B^T to the row coefficients: z -> B^T z, one column block at a time
+        out[cols] += (block(cols).T @ z).to(out.dtype)
     return out
-
-
-def Bc_T_z(Bc: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """B_cols^T z: [c] from a column block [R, c] and row coefficients [R]."""
-    return Bc.T @ z.to(Bc.dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from fipa.config import ConfigError
 
@@ -54,14 +55,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = load_run_config(args.config)
     label = args.label or f"[{cfg.task.name}/{cfg.partition.name}/{cfg.client.method}/" \
         f"{cfg.aggregator.name} seed {cfg.seed}]"
-    quiet = args.quiet
-    final = train(cfg, args.output, log=(lambda s: None) if quiet else _flush_print, label=label)
-    status = "DIVERGED" if final["diverged"] else "done"
-    print(f"{label} {status}: {final['rounds_completed']} rounds, final {final['final']}")
+    log = _log_to(args.log) if args.log else (lambda s: None) if args.quiet else _flush_print
+    final = train(cfg, args.output, log=log, label=label)
+    if args.grid_total:
+        from fipa.progress import status_line
+
+        print(status_line(label, final, args.grid_root, args.grid_total), flush=True)
+    else:
+        status = "DIVERGED" if final["diverged"] else "done"
+        print(f"{label} {status}: {final['rounds_completed']} rounds, final {final['final']}")
 
 
 def _flush_print(s: str) -> None:
     print(s, flush=True)
+
+
+def _log_to(path: str):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a")  # noqa: SIM115 - lives as long as the job
+
+    def log(s: str) -> None:
+        fh.write(s + "\n")
+        fh.flush()
+
+    return log
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -79,6 +96,13 @@ def cmd_figures(args: argparse.Namespace) -> None:
     paths = figures(args.summary, args.outdir)
     for p in paths:
         print(f"wrote {p}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from fipa.report import execute_report
+
+    execute_report(args.notebook, args.output, args.html, args.results)
+    print(f"wrote {args.output}" + (f" and {args.html}" if args.html else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--label", default=None, help="prefix of progress lines")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
+    s.add_argument("--log", default=None, help="append progress lines to this file instead of stdout")
+    s.add_argument("--grid-total", type=int, default=0,
+                   help="jobs in the whole grid: print one status line with an estimate of what remains")
+    s.add_argument("--grid-root", default="results/runs", help="where the grid's run directories live")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("collect", help="all run dirs -> summary.csv")
@@ -111,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", default="results/summary.csv")
     s.add_argument("-o", "--outdir", default="results/figures")
     s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("report", help="execute the report notebook (papermill) and export HTML")
+    s.add_argument("--notebook", default="notebooks/report.ipynb")
+    s.add_argument("--results", default="results", help="results directory the notebook reads")
+    s.add_argument("-o", "--output", default="results/report.ipynb")
+    s.add_argument("--html", default="results/report.html")
+    s.set_defaults(func=cmd_report)
     return p
 
 

@@ -74,6 +74,7 @@ def final_table(summary: pd.DataFrame, metric: str | None = None) -> pd.DataFram
         t = (g.groupby(["client_method", "aggregator"])[col]
              .agg(["mean", "std", "count"]).reset_index())
         t["diverged"] = g.groupby(["client_method", "aggregator"])["diverged"].sum().values
+        t["best"] = t["mean"] == (t["mean"].min() if direction_of(m) == "min" else t["mean"].max())
         t.insert(0, "partition", part)
         t.insert(0, "task", task)
         t["metric"] = m
@@ -87,13 +88,8 @@ def _style():
     sns.set_theme(style="whitegrid", context="notebook")
 
 
-def convergence_figure(curves: pd.DataFrame, metric: str, title: str, path_stem: Path,
-                       log: bool = True) -> list[Path]:
-    """Metric vs round: one line per aggregator, seeds as a band (min-max over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_convergence(curves: pd.DataFrame, metric: str, title: str):
+    """Metric vs round: one line per aggregator (median), seeds as a min-max band; a Figure."""
     import seaborn as sns
 
     _style()
@@ -101,17 +97,14 @@ def convergence_figure(curves: pd.DataFrame, metric: str, title: str, path_stem:
     g = sns.relplot(data=curves, x="round", y=metric, hue="aggregator", kind="line",
                     col=facet, errorbar=("pi", 100), estimator="median", height=4, aspect=1.4,
                     facet_kws={"sharey": True})
-    if log:
+    if direction_of(metric) == "min":
         g.set(yscale="log")
     g.figure.suptitle(title, y=1.02)
-    return _save(g.figure, path_stem, plt)
+    return g.figure
 
 
-def final_figure(summary: pd.DataFrame, metric: str, title: str, path_stem: Path) -> list[Path]:
-    """Final metric per aggregator: seeds as dots, mean as a bar; log scale for errors."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_final(summary: pd.DataFrame, metric: str, title: str):
+    """Final metric per aggregator: seeds as dots, mean as a bar; log scale for errors; a Figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -122,14 +115,17 @@ def final_figure(summary: pd.DataFrame, metric: str, title: str, path_stem: Path
     sns.barplot(data=summary, x="aggregator", y=col, order=order, errorbar=None, alpha=0.5,
                 ax=ax, hue="aggregator", legend=False)
     sns.stripplot(data=summary, x="aggregator", y=col, order=order, color="k", size=5, ax=ax)
-    if metric.endswith(("mse", "l2", "loss")):
+    if direction_of(metric) == "min":
         ax.set_yscale("log")
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
-    return _save(fig, path_stem, plt)
+    return fig
 
 
-def _save(fig, path_stem: Path, plt) -> list[Path]:
+def save_figure(fig, path_stem: Path) -> list[Path]:
+    """Write ``fig`` as PNG and PDF beside each other and close it."""
+    import matplotlib.pyplot as plt
+
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [path_stem.with_suffix(s) for s in (".png", ".pdf")]
     for p in paths:
@@ -140,6 +136,9 @@ def _save(fig, path_stem: Path, plt) -> list[Path]:
 
 def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
     """Convergence and final-metric figures for every task x partition in the summary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     summary = pd.read_csv(summary_csv)
     outdir = Path(outdir)
     written: list[Path] = []
@@ -148,7 +147,141 @@ def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
         metric = g["primary_metric"].iloc[0]
         c = curves[(curves["task"] == task) & (curves["partition"] == part)]
         title = f"{task} / {part}"
-        written += convergence_figure(c, metric, title, outdir / f"convergence_{task}_{part}",
-                                      log=metric != "test_acc")
-        written += final_figure(g, metric, title, outdir / f"final_{task}_{part}")
+        written += save_figure(plot_convergence(c, metric, title), outdir / f"convergence_{task}_{part}")
+        written += save_figure(plot_final(g, metric, title), outdir / f"final_{task}_{part}")
     return written
+
+
+# ----------------------------------------------------------------------------- report pieces
+
+
+def attach_benchmarks(summary: pd.DataFrame, bench_root: str | Path) -> pd.DataFrame:
+    """Join Snakemake ``benchmark:`` records (s, max_rss) of each run as bench_s, bench_max_rss_mb."""
+    bench_root = Path(bench_root)
+    s, rss = [], []
+    for _, r in summary.iterrows():
+        cell = [r["task"], r["partition"], r["client_method"], r["aggregator"]]
+        f = bench_root.joinpath(*cell, f"seed{r['seed']}.tsv")
+        if f.is_file():
+            b = pd.read_csv(f, sep="\t")
+            s.append(float(b["s"].iloc[-1]))
+            rss.append(pd.to_numeric(b["max_rss"], errors="coerce").iloc[-1])
+        else:
+            s.append(float("nan"))
+            rss.append(float("nan"))
+    return summary.assign(bench_s=s, bench_max_rss_mb=rss)
+
+
+def direction_of(metric: str) -> str:
+    return "max" if metric.endswith(("acc", "accuracy")) else "min"
+
+
+def styled_final_table(summary: pd.DataFrame):
+    """final_table as a pandas Styler: mean and std over seeds, the best mean in bold."""
+    t = final_table(summary)
+    bold = t["best"].tolist()
+    return (t.drop(columns="best").style
+            .apply(lambda row: ["font-weight: bold" if bold[row.name] else ""] * len(row), axis=1)
+            .format({"mean": "{:.3g}", "std": "{:.2g}"}).hide(axis="index"))
+
+
+def paired_difference(summary: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per seed, final primary metric of aggregator ``a`` minus ``b`` (same task, partition, method)."""
+    out = []
+    for (task, part, method), g in summary.groupby(["task", "partition", "client_method"], sort=False):
+        metric = g["primary_metric"].iloc[0]
+        col = f"final_{metric}"
+        ga = g[g.aggregator == a].set_index("seed")[col]
+        gb = g[g.aggregator == b].set_index("seed")[col]
+        for seed in sorted(set(ga.index) & set(gb.index)):
+            out.append({"task": task, "partition": part, "client_method": method, "seed": seed,
+                        "metric": metric, "difference": ga[seed] - gb[seed],
+                        "ratio": ga[seed] / gb[seed] if gb[seed] else float("nan")})
+    return pd.DataFrame(out)
+
+
+def verdict(summary: pd.DataFrame) -> str:
+    """A few sentences: the best aggregator per task x partition, and FIPA against FedAvg."""
+    lines = []
+    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
+        metric = g["primary_metric"].iloc[0]
+        col = f"final_{metric}"
+        fed = g[g.aggregator != "centralized"]
+        means = fed.groupby("aggregator")[col].mean()
+        best = means.idxmin() if direction_of(metric) == "min" else means.idxmax()
+        s = (f"On {task} / {part}, {best} attains the best federated {metric} "
+             f"({means[best]:.3g}, mean of seeds)")
+        if "fipa" in means and "fedavg" in means and best != "fedavg":
+            ratio = means["fipa"] / means["fedavg"]
+            s += f"; FIPA's {metric} is {ratio:.3g} x FedAvg's"
+        cen = g[g.aggregator == "centralized"][col]
+        if not cen.empty:
+            s += f"; the centralized reference reaches {cen.mean():.3g}"
+        ndiv = int(g["diverged"].sum())
+        if ndiv:
+            s += f"; {ndiv} run(s) diverged ({', '.join(sorted(set(g[g.diverged].aggregator)))})"
+        lines.append(s + ".")
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def uplink_figure(curves: pd.DataFrame, metric: str, title: str, ax=None):
+    """Metric against cumulative uplink bytes per aggregator (median over seeds)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    _style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    c = curves[curves["uplink_bytes_total"] > 0]
+    sns.lineplot(data=c, x="uplink_bytes_total", y=metric, hue="aggregator", estimator="median",
+                 errorbar=None, ax=ax, marker="o", markersize=3)
+    ax.set_xscale("log")
+    if direction_of(metric) == "min":
+        ax.set_yscale("log")
+    ax.set_xlabel("cumulative uplink bytes")
+    ax.set_title(title)
+    return ax
+
+
+def partition_figure(partition_json: str | Path, ax=None):
+    """Client sizes and label histograms (if any) of one partition file."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    _style()
+    data = json.loads(Path(partition_json).read_text())
+    stats = data["stats"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3))
+    if "label_hist" in stats:
+        sns.heatmap(pd.DataFrame(stats["label_hist"]).T, ax=ax, cmap="viridis", cbar_kws={"label": "samples"})
+        ax.set_xlabel("client")
+        ax.set_ylabel("class")
+    else:
+        ax.bar(range(len(stats["sizes"])), stats["sizes"], color=sns.color_palette()[0])
+        ax.set_xlabel("client")
+        ax.set_ylabel("samples")
+        if "centroids" in stats:
+            for i, c in enumerate(stats["centroids"]):
+                ax.annotate(f"c={c[0]:.2g}" if len(c) == 1 else "", (i, stats["sizes"][i]),
+                            ha="center", va="bottom", fontsize=8)
+    part = data["partition"]
+    ax.set_title(f"{part['scheme']} over {part['clients']} clients")
+    return ax
+
+
+def execute_report(notebook: str | Path, output: str | Path, html: str | Path | None,
+                   results_dir: str | Path) -> None:
+    """Run the notebook with papermill (parameter ``results_dir``), then export HTML with nbconvert."""
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    output = Path(output)
+    tmp = output.with_name(f".running.{output.name}")
+    papermill.execute_notebook(str(notebook), str(tmp), parameters={"results_dir": str(results_dir)},
+                               progress_bar=False, kernel_name="python3")
+    tmp.replace(output)
+    if html is not None:
+        body, _ = HTMLExporter(exclude_input=False).from_notebook_node(nbformat.read(output, as_version=4))
+        atomic_write(html, lambda fh: fh.write(body))

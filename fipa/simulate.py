@@ -88,9 +88,9 @@ def load_partition(path: str, cfg: RunConfig, n: int) -> list[np.ndarray]:
     return parts
 
 
-def load_checkpoint(path: Path, fp: str) -> RunState:
+def load_checkpoint(path: Path, fp: str, device: torch.device | str = "cpu") -> RunState:
     try:
-        raw = torch.load(path, weights_only=True)
+        raw = torch.load(path, weights_only=True, map_location=device)
         if raw.pop("fingerprint") != fp:
             raise ConfigError(
                 f"{path}: checkpoint belongs to a different config; move it away or use another "
@@ -130,10 +130,10 @@ class Simulation:
     device: torch.device
 
     @classmethod
-    def build(cls, cfg: RunConfig) -> Simulation:
+    def build(cls, cfg: RunConfig, device: torch.device | None = None) -> Simulation:
         """Everything that can fail on bad input happens here, before any training."""
         dtype = getattr(torch, cfg.dtype)
-        device = devices.resolve(cfg.device)
+        device = device or torch.device("cpu")
         task = build_task(cfg.task.name, cfg.task.params, cfg.seed, dtype)
         agg = AGGREGATORS.get(cfg.aggregator.name)(cfg.aggregator.params)
         method = CLIENT_METHODS.get(cfg.client.method)(cfg.client)
@@ -199,12 +199,16 @@ def train(
     cfg: RunConfig, outdir: str | Path, log: Callable[[str], None] = print, label: str = "",
 ) -> dict[str, Any]:
     """Run (or resume) one job into ``outdir``; returns the final summary (final.json)."""
-    outdir = Path(outdir)
-    sim = Simulation.build(cfg)
+    with devices.claim(cfg.device) as device:
+        return _train(Simulation.build(cfg, device), Path(outdir), log, label)
+
+
+def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str) -> dict[str, Any]:
+    cfg = sim.cfg
     fp = fingerprint(cfg)
     ckpt = outdir / CHECKPOINT
     if ckpt.exists():
-        state = load_checkpoint(ckpt, fp)
+        state = load_checkpoint(ckpt, fp, sim.device)
         log(f"{label} resuming from round {state.round}")
     else:
         theta = sim.initial_theta()

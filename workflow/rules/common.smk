@@ -6,10 +6,11 @@ import fipa.grid as grid
 
 CELLS = grid.cells(config)
 SUMMARY = "results/summary.csv"
-FIGURES_DONE = "results/figures/.done"
+FIGURES = "results/figures"
 RUN_DIR = "results/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
 PART_FILE = "results/partitions/{task}/{partition}/seed{seed}.json"
 CONDA_ENV = "../envs/fipa.yaml"
+NOTEBOOK = os.path.join(workflow.basedir, "..", "notebooks", "report.ipynb")
 
 
 wildcard_constraints:
@@ -42,6 +43,11 @@ def all_final_files():
 def output_dir(wildcards, output):
     """Directory of a rule's first output (Snakemake params function)."""
     return os.path.dirname(output[0])
+
+
+def first_output(wildcards, output):
+    """A rule's first output itself, e.g. a directory() output (Snakemake params function)."""
+    return output[0]
 
 
 def train_resources():

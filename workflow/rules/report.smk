@@ -15,12 +15,34 @@ rule figures:
     input:
         SUMMARY,
     output:
-        touch(FIGURES_DONE),
+        report(
+            directory(FIGURES),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
     log:
         "results/logs/figures.log",
     params:
-        outdir=output_dir,
+        outdir=first_output,
     conda:
         CONDA_ENV
     shell:
         "fipa figures --summary {input} -o {params.outdir} > {log} 2>&1"
+
+
+rule report:
+    input:
+        summary=SUMMARY,
+        figures=FIGURES,
+        notebook=NOTEBOOK,
+    output:
+        notebook="results/report.ipynb",
+        html="results/report.html",
+    log:
+        "results/logs/report.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "fipa report --notebook {input.notebook} --results results -o {output.notebook}"
+        " --html {output.html} > {log} 2>&1"

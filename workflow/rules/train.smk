@@ -28,7 +28,10 @@ rule train:
         **train_resources(),
     params:
         outdir=output_dir,
+        total=len(CELLS),
+        label=lambda w: f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}",
     conda:
         CONDA_ENV
     shell:
-        "fipa train -c {input.spec} -o {params.outdir} --threads {threads} > {log} 2>&1"
+        "fipa train -c {input.spec} -o {params.outdir} --threads {threads} --log {log}"
+        " --label {params.label} --grid-total {params.total} --grid-root results/runs 2>> {log}"
