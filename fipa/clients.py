@@ -2,7 +2,12 @@
 
 A client starts from the broadcast theta^k [P], runs its optimizer on its own data and
 returns theta_m [P]. Methods that keep per-client state across rounds (SCAFFOLD, FedDyn)
-store it in a dict of tensors that the simulator checkpoints.
+store it in a dict of tensors that the simulator checkpoints; methods with server-side
+state (SCAFFOLD's c, FedDyn's h) keep it in ``server_state``, also checkpointed
+(``RunState.method_state``), and update it in :meth:`ClientMethod.end_round`.
+
+Every method only shapes the *local* objective or gradient and returns theta_m, so each
+composes with every aggregator (FedAvg, FIPA, ...): the aggregator sees the deltas.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fipa.config import ClientConfig
+from fipa.config import ClientConfig, ConfigError
 from fipa.losses import mean_loss
+from fipa.optim import OPTIMIZERS, Optimizer
 from fipa.params import ParamLayout
 from fipa.registry import Registry
 from fipa.tasks.base import Batch, Task
@@ -37,10 +44,10 @@ def minibatches(n: int, cfg: ClientConfig, gen: torch.Generator) -> Iterator[tor
             done += 1
 
 
-def make_optimizer(cfg: ClientConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def make_optimizer(cfg: ClientConfig) -> Optimizer:
+    """The functional optimizer named by ``client.optimizer`` (fipa/optim.py)."""
+    return OPTIMIZERS.get(cfg.optimizer, key="client.optimizer")(
+        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -51,42 +58,98 @@ class LocalResult:
 
 
 class ClientMethod:
-    """Plain local training (SGD or Adam) on the task loss."""
+    """Plain local training (SGD or Adam) on the task loss; the base of every method.
+
+    One round of client m: ``begin_round(server_state)`` once for the round, then per
+    client ``train`` = minibatch steps theta <- opt(theta, gradient(theta)) followed by
+    ``after_local`` (client-state update), then ``end_round`` once on the server.
+    Subclasses override the hooks, never the loop.
+    """
 
     Params: ClassVar[type]
 
     def __init__(self, cfg: ClientConfig) -> None:
         self.cfg = cfg
         self.params = cfg.params
+        self.server_state: ClientState = {}
+        self._round: ClientState = {}  # per-round scratch sums, consumed by end_round
+
+    def check_task(self, task: Task) -> None:
+        """Raise ConfigError before any training if this method cannot run on ``task``."""
 
     def init_state(self, theta: torch.Tensor) -> ClientState:
+        """Per-client state, created the first time client m is sampled."""
         return {}
+
+    def init_server_state(self, theta: torch.Tensor) -> ClientState:
+        """Server-side state of the method (checkpointed with the run)."""
+        return {}
+
+    def begin_round(self, server_state: ClientState) -> None:
+        """Called once before the round's clients train; they read ``self.server_state``."""
+        self.server_state = server_state
+        self._round = {}
+
+    def end_round(self, theta: torch.Tensor, server_state: ClientState, num_clients: int) -> torch.Tensor:
+        """Called once after aggregation with theta^{k+1} [P]; updates ``server_state`` in
+        place and returns the model to broadcast next (unchanged by default)."""
+        return theta
 
     def extra_loss(self, flat: torch.Tensor, theta0: torch.Tensor, state: ClientState) -> torch.Tensor | None:
         """A term added to the minibatch loss (FedProx proximal term and the like)."""
         return None
 
+    def objective(
+        self, task: Task, model: nn.Module, layout: ParamLayout, flat: torch.Tensor,
+        theta0: torch.Tensor, batch: Batch, state: ClientState,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local objective, task loss) on one minibatch at ``flat`` [P] (scalars)."""
+        loss = mean_loss(task.loss_kind, task.outputs(model, layout.unflatten(flat), batch),
+                         task.targets(batch))
+        extra = self.extra_loss(flat, theta0, state)
+        return (loss if extra is None else loss + extra), loss
+
+    def gradient(
+        self, task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor,
+        theta0: torch.Tensor, batch: Batch, state: ClientState,
+    ) -> tuple[torch.Tensor, float]:
+        """(search direction [P] handed to the optimizer, task loss) at ``theta``."""
+        flat = theta.detach().requires_grad_(True)
+        obj, loss = self.objective(task, model, layout, flat, theta0, batch, state)
+        (grad,) = torch.autograd.grad(obj, flat)
+        return grad, float(loss.detach())
+
+    def after_local(self, theta0: torch.Tensor, theta: torch.Tensor, steps: int, state: ClientState) -> None:
+        """Update the client's state (in place) once its local steps are done."""
+
     def train(
         self, task: Task, model: nn.Module, layout: ParamLayout, theta0: torch.Tensor,
         data: Batch, gen: torch.Generator, state: ClientState,
     ) -> LocalResult:
-        flat = theta0.clone().requires_grad_(True)
-        opt = make_optimizer(self.cfg, [flat])
+        theta = theta0.clone()
+        opt = make_optimizer(self.cfg)
+        opt_state = opt.init(theta)
         n = next(iter(data.values())).shape[0]
+        # data augmentation, where the task has it (vision); it draws from ``gen`` only when on
+        augment = getattr(task, "train_batch", None)
         total, steps = 0.0, 0
         for idx in minibatches(n, self.cfg, gen):
             batch = {k: v[idx] for k, v in data.items()}
-            opt.zero_grad(set_to_none=True)
-            loss = mean_loss(task.loss_kind, task.outputs(model, layout.unflatten(flat), batch),
-                             task.targets(batch))
-            total += float(loss.detach())
-            extra = self.extra_loss(flat, theta0, state)
-            if extra is not None:
-                loss = loss + extra
-            loss.backward()
-            opt.step()
+            if augment is not None:
+                batch = augment(batch, gen)
+            grad, loss = self.gradient(task, model, layout, theta, theta0, batch, state)
+            total += loss
+            opt.step(theta, grad, opt_state)
             steps += 1
-        return LocalResult(flat.detach(), total / max(steps, 1), state)
+        self.after_local(theta0, theta, steps, state)
+        return LocalResult(theta, total / max(steps, 1), state)
+
+    def _accumulate(self, key: str, value: torch.Tensor) -> None:
+        """Round scratch: self._round[key] += value."""
+        if key in self._round:
+            self._round[key].add_(value)
+        else:
+            self._round[key] = value.clone()
 
 
 CLIENT_METHODS: Registry[type[ClientMethod]] = Registry("client method")
@@ -119,3 +182,223 @@ class FedProx(ClientMethod):
         if self.params.mu == 0:
             return None
         return 0.5 * self.params.mu * (flat - theta0).pow(2).sum()
+
+
+# ----------------------------------------------------------------------------- SCAFFOLD
+
+
+@dataclass
+class ScaffoldParams:
+    """SCAFFOLD has no options of its own (option II control variates; the global step
+    size is the aggregator's ``server_lr``)."""
+
+
+@CLIENT_METHODS.register("scaffold")
+class Scaffold(ClientMethod):
+    """Control variates (Karimireddy et al. 2020, Algorithm 1 with option II).
+
+    Local step:  y <- y - eta_l (g_i(y) - c_i + c)         (here: the optimizer gets g - c_i + c)
+    After K steps from x:  c_i+ = c_i - c + (x - y) / (K eta_l),   Delta c_i = c_i+ - c_i
+    Server:      c <- c + (1/N) sum_{i in S} Delta c_i     (N = all clients)
+    Option II assumes plain SGD; with momentum or Adam the corrected gradient goes through
+    that optimizer instead (the usual practice, no longer the paper's analysis).
+    """
+
+    Params = ScaffoldParams
+
+    def init_state(self, theta):
+        return {"c": torch.zeros_like(theta)}
+
+    def init_server_state(self, theta):
+        return {"c": torch.zeros_like(theta)}
+
+    def gradient(self, task, model, layout, theta, theta0, batch, state):
+        grad, loss = super().gradient(task, model, layout, theta, theta0, batch, state)
+        # drift correction g - c_i + c; exactly g when c = c_i (e.g. both zero at the start)
+        return grad + (self.server_state["c"] - state["c"]), loss
+
+    def after_local(self, theta0, theta, steps, state):
+        c_new = state["c"] - self.server_state["c"] + (theta0 - theta) / (max(steps, 1) * self.cfg.lr)
+        self._accumulate("dc", c_new - state["c"])
+        state["c"] = c_new
+
+    def end_round(self, theta, server_state, num_clients):
+        if "dc" in self._round:
+            server_state["c"] = server_state["c"] + self._round["dc"] / num_clients
+        return theta
+
+
+# ----------------------------------------------------------------------------- FedDyn
+
+
+@dataclass
+class FedDynParams:
+    """alpha: the dynamic regularizer's weight; server_correction: apply the server's
+    h-term (theta <- theta - h / alpha) after any aggregator."""
+
+    alpha: float = 0.01
+    server_correction: bool = True
+
+    def check(self):
+        return [] if self.alpha > 0 else [("alpha", f"must be > 0, got {self.alpha}")]
+
+
+@CLIENT_METHODS.register("feddyn")
+class FedDyn(ClientMethod):
+    """Dynamic regularization (Acar et al. 2021, Algorithm 1).
+
+    Client k at round t minimizes
+        L_k(theta) - <g_k, theta> + (alpha/2) ||theta - theta^{t-1}||^2,
+    g_k = grad L_k(theta_k^{t-1}) (zero at first), then updates (first-order condition)
+        g_k <- g_k - alpha (theta_k^t - theta^{t-1}).
+    Server: h <- h - (alpha/N) sum_{k in P_t} (theta_k^t - theta^{t-1});
+            theta^t = aggregate(theta_k^t) - h / alpha   (the paper aggregates by a plain mean;
+    here the configured aggregator does, FedAvg weighting by sample counts).
+    """
+
+    Params = FedDynParams
+
+    def init_state(self, theta):
+        return {"grad": torch.zeros_like(theta)}
+
+    def init_server_state(self, theta):
+        return {"h": torch.zeros_like(theta)}
+
+    def extra_loss(self, flat, theta0, state):
+        return -(state["grad"] * flat).sum() + 0.5 * self.params.alpha * (flat - theta0).pow(2).sum()
+
+    def after_local(self, theta0, theta, steps, state):
+        delta = theta - theta0
+        state["grad"] = state["grad"] - self.params.alpha * delta
+        self._accumulate("delta", delta)
+
+    def end_round(self, theta, server_state, num_clients):
+        if "delta" in self._round:
+            server_state["h"] = server_state["h"] - self.params.alpha / num_clients * self._round["delta"]
+        if not self.params.server_correction:
+            return theta
+        return theta - server_state["h"] / self.params.alpha
+
+
+# ----------------------------------------------------------------------------- FedSAM
+
+
+@dataclass
+class FedSAMParams:
+    """rho: radius of the sharpness-aware perturbation."""
+
+    rho: float = 0.05
+
+    def check(self):
+        return [] if self.rho >= 0 else [("rho", f"must be >= 0, got {self.rho}")]
+
+
+@CLIENT_METHODS.register("fedsam")
+class FedSAM(ClientMethod):
+    """Local SAM (Foret et al. 2021) as in FedSAM (Qu et al. 2022; Caldarola et al. 2022).
+
+    eps = rho g(w) / ||g(w)||;  the optimizer steps from w with g(w + eps).
+    rho = 0 gives eps = 0 exactly, so the step is plain local training bit for bit.
+    """
+
+    Params = FedSAMParams
+
+    def gradient(self, task, model, layout, theta, theta0, batch, state):
+        grad, loss = super().gradient(task, model, layout, theta, theta0, batch, state)
+        # ascent to the worst point of the rho-ball (first-order): w + rho g / ||g||
+        eps = self.params.rho * grad / grad.norm().clamp_min(torch.finfo(grad.dtype).tiny)
+        perturbed = (theta.detach() + eps).requires_grad_(True)
+        obj, _ = self.objective(task, model, layout, perturbed, theta0, batch, state)
+        (sharp,) = torch.autograd.grad(obj, perturbed)
+        return sharp, loss
+
+
+# ----------------------------------------------------------------------------- FedRCL
+
+
+def relaxed_contrastive_loss(
+    z: torch.Tensor, y: torch.Tensor, temperature: float = 0.05, threshold: float = 0.7,
+    penalty: float = 1.0, topk_neg: int = 2,
+) -> torch.Tensor:
+    """FedRCL's relaxed contrastive loss on features z [n, d] with labels y [n] (a scalar).
+
+    With s_ij the cosine similarity and tau the temperature, per anchor i:
+      supervised term   -log( e^{s_ip/tau} / (e^{s_ip/tau} + sum_{k in N_i} e^{s_ik/tau}) ),
+                        p = its least similar same-class sample (itself if alone),
+                        N_i = its ``topk_neg`` most similar other-class samples;
+      divergence penalty  log( 1 + sum_{j in P_i, j != i, s_ij >= lambda} e^{(s_ij - 1)/tau} ):
+                        the anchor against same-class samples more similar than the threshold
+                        lambda, pushing them apart (the "relaxation": no collapse within a class).
+    Returns mean_i (supervised_i + penalty * divergence_i).
+    """
+    n = z.shape[0]
+    zn = F.normalize(z, dim=1)
+    S = zn @ zn.T  # [n, n] cosine similarities
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    inf = torch.tensor(float("inf"), dtype=S.dtype, device=S.device)
+    # hardest positive and hardest negatives; -inf marks "no such sample" (weight e^-inf = 0)
+    s_pos = torch.where(same, S, inf).amin(dim=1)  # [n]
+    s_neg = torch.where(same, -inf, S).topk(min(topk_neg, n), dim=1).values  # [n, k]
+    logits = torch.cat([s_pos[:, None], s_neg], dim=1) / temperature
+    supervised = torch.logsumexp(logits, dim=1) - logits[:, 0]
+    # same-class pairs above the threshold; the mask is a selection, not differentiated
+    close = same & ~eye & (S.detach() >= threshold)
+    self_sim = S.diagonal()[:, None]  # 1 up to rounding
+    div_logits = torch.cat([self_sim, torch.where(close, S, -inf)], dim=1) / temperature
+    divergence = torch.logsumexp(div_logits, dim=1) - div_logits[:, 0]
+    return (supervised + penalty * divergence).mean()
+
+
+@dataclass
+class FedRCLParams:
+    """weight: of the relaxed contrastive term; the rest as in FedRCL's released config
+    (temperature 0.05, threshold 0.7, 2 hardest negatives, penalty weight 1)."""
+
+    weight: float = 1.0
+    penalty: float = 1.0
+    temperature: float = 0.05
+    threshold: float = 0.7
+    topk_neg: int = 2
+
+    def check(self):
+        out = []
+        for key in ("weight", "penalty"):
+            if getattr(self, key) < 0:
+                out.append((key, f"must be >= 0, got {getattr(self, key)}"))
+        if self.temperature <= 0:
+            out.append(("temperature", f"must be > 0, got {self.temperature}"))
+        if not -1 <= self.threshold <= 1:
+            out.append(("threshold", f"a cosine similarity in [-1, 1], got {self.threshold}"))
+        if self.topk_neg < 1:
+            out.append(("topk_neg", f"must be >= 1, got {self.topk_neg}"))
+        return out
+
+
+@CLIENT_METHODS.register("fedrcl")
+class FedRCL(ClientMethod):
+    """Relaxed contrastive learning (Seo et al., CVPR 2024): CE + weight * RCL(features).
+
+    Simplifications against the released code, stated plainly: the loss is applied to the
+    penultimate features only (the paper sums it over the outputs of every ResNet stage),
+    features are taken after the last ReLU, anchors are averaged uniformly (the code skips
+    anchors whose loss is exactly zero), and no gradient clipping is applied.
+    """
+
+    Params = FedRCLParams
+
+    def check_task(self, task):
+        if not callable(getattr(task, "features", None)) or task.loss_kind != "ce":
+            raise ConfigError(f"client.method: fedrcl needs a classification task with penultimate "
+                              f"features (vision); {task.describe()} has none")
+
+    def objective(self, task, model, layout, flat, theta0, batch, state):
+        if self.params.weight == 0:
+            return super().objective(task, model, layout, flat, theta0, batch, state)
+        p = self.params
+        feats, out = task.features(model, layout.unflatten(flat), batch)
+        loss = mean_loss(task.loss_kind, out, task.targets(batch))
+        obj = loss + p.weight * relaxed_contrastive_loss(feats, task.targets(batch), p.temperature,
+                                                         p.threshold, p.penalty, p.topk_neg)
+        extra = self.extra_loss(flat, theta0, state)
+        return (obj if extra is None else obj + extra), loss

@@ -4,6 +4,12 @@ For outputs f(x_i; theta) in R^C and loss Hessian L_i = M_i M_i^T in the outputs
     H = (1/n) sum_i J_i^T L_i J_i = S^T S,   S = stack_i (M_i^T J_i) / sqrt(n)   [n C, P].
 The thin SVD S = U diag(s) V^T gives the eigenpairs H = V diag(s^2) V^T; a client sends
 the factor A = diag(s_top) V_top^T [r, P], so that H ~= A^T A.
+
+Large models never form S: :func:`matrix_free_eigs` finds the top eigenpairs from
+GGN-vector products v -> J^T (L (J v)) / n (``torch.func.jvp`` then ``vjp``) inside a
+randomized range finder with power iterations, in O(P r) memory. The sampled-label
+Fisher replaces L_i by u_i u_i^T with u_i = p_i - e_{y~p_i} (cross-entropy) or
+u_i ~ N(0, I) (squared error), whose expectation is L_i.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import jacrev, vmap
+from torch.func import jacrev, jvp, vjp, vmap
 
 from fipa.losses import hessian_sqrt
 from fipa.params import ParamLayout
@@ -28,6 +34,22 @@ class CurvatureRequest:
     rank: int = 0
     samples: int | None = None  # subsample of the client's data; None: all of it
     at: str = "broadcast"  # "broadcast" (theta^k) or "local" (the client's result)
+    # "exact": stacked Jacobians S [n C, P] and an eigensolve; "matrix_free": GGN-vector
+    # products only; "auto": exact while S has at most AUTO_EXACT_NUMBERS entries
+    method: str = "exact"
+    fisher: str = "ggn"  # "ggn": exact output Hessian L_i; "sampled": labels drawn from the model
+    oversample: int = 10  # matrix_free: extra probe vectors beyond the rank
+    power_iters: int = 4  # matrix_free: subspace iterations of the range finder
+    chunk: int = 8  # matrix_free: GGN-vector products per vmap call (memory ~ chunk activations)
+
+    def resolved_method(self, n: int, outputs: int, P: int) -> str:
+        """The method after the size rule: "exact" or "matrix_free"."""
+        if self.method == "auto":
+            return "exact" if n * outputs * P <= AUTO_EXACT_NUMBERS else "matrix_free"
+        return self.method
+
+
+AUTO_EXACT_NUMBERS = 1 << 26  # 64 Mi entries of S (256 MiB in float32): beyond, go matrix-free
 
 
 def per_sample_jacobians(
@@ -49,13 +71,19 @@ def per_sample_jacobians(
 
 
 def ggn_sqrt(
-    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch
+    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
+    M: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """S [n C, P] with S^T S = (1/n) sum_i J_i^T L_i J_i, the client's GGN."""
-    with torch.no_grad():
-        out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
+    """S [n C', P] with S^T S = (1/n) sum_i J_i^T M_i M_i^T J_i, the client's GGN.
+
+    M [n, C, C'] defaults to the square root of the loss Hessian (C' = C); pass
+    :func:`output_sqrt`'s sampled factor (C' = 1) for the sampled-label Fisher.
+    """
+    if M is None:
+        with torch.no_grad():
+            out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
+        M = hessian_sqrt(task.loss_kind, out)  # [n, C, C]
     J = per_sample_jacobians(task, model, layout, theta, batch)  # [n, C, P]
-    M = hessian_sqrt(task.loss_kind, out)  # [n, C, C]
     # rows M_i^T J_i: (M^T J)[k, p] = sum_c M[c, k] J[c, p]
     rows = torch.einsum("nck,ncp->nkp", M, J)
     n = rows.shape[0]
@@ -63,13 +91,22 @@ def ggn_sqrt(
 
 
 def lowrank_factor(S: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``rank`` eigenpairs of H = S^T S from the thin SVD of S.
+    """Top-``rank`` eigenpairs of H = S^T S [P, P] from S [N, P], via the smaller Gram side.
 
     Returns (sigma [r], A [r, P]) with A = diag(sqrt sigma) V^T, so H ~= A^T A.
+    N <= P: eigh of S S^T = U diag(sigma) U^T [N, N]; then A = U_r^T S (rows u_i^T S have
+    norm sqrt(sigma_i) and direction v_i), costing O(N^2 P) instead of an SVD's larger constant.
+    N > P: eigh of S^T S = V diag(sigma) V^T directly.
     """
-    _, s, Vh = torch.linalg.svd(S, full_matrices=False)
-    r = min(rank, s.numel())
-    return s[:r] ** 2, s[:r, None] * Vh[:r]
+    N, P = S.shape
+    r = min(rank, N, P)
+    if N <= P:
+        sigma, U = torch.linalg.eigh(S @ S.T)  # ascending
+        U_r = U[:, -r:].flip(-1)
+        return sigma[-r:].flip(-1).clamp_min(0), U_r.T @ S
+    sigma, V = torch.linalg.eigh(S.T @ S)
+    sigma_r = sigma[-r:].flip(-1).clamp_min(0)
+    return sigma_r, sigma_r.sqrt()[:, None] * V[:, -r:].flip(-1).T
 
 
 def ggn_diagonal(S: torch.Tensor) -> torch.Tensor:
@@ -77,16 +114,129 @@ def ggn_diagonal(S: torch.Tensor) -> torch.Tensor:
     return (S * S).sum(dim=0)
 
 
+def output_sqrt(kind: str, fisher: str, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """M [n, C, C'] with M_i M_i^T = L_i (fisher "ggn", C' = C) or = u_i u_i^T ("sampled", C' = 1).
+
+    Sampled: u_i = p_i - e_{y_i}, y_i ~ Cat(p_i) for cross-entropy (the gradient of the loss in
+    the logits at a label drawn from the model); u_i ~ N(0, I) for squared error. E[u u^T] = L.
+    """
+    if fisher == "ggn":
+        return hessian_sqrt(kind, out)
+    if fisher != "sampled":
+        raise ValueError(f"unknown fisher {fisher!r}; use ggn or sampled")
+    if kind == "ce":
+        p = torch.softmax(out.detach(), dim=-1)
+        y = torch.multinomial(p.cpu().double(), 1, generator=gen)[:, 0].to(out.device)
+        u = p - torch.nn.functional.one_hot(y, out.shape[-1]).to(p.dtype)
+    elif kind == "mse":
+        u = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+    else:
+        raise ValueError(f"unknown loss kind {kind!r}")
+    return u.unsqueeze(-1)
+
+
+def ggn_matvec(
+    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
+    M: torch.Tensor, chunk: int = 8,
+):
+    """The map V [k, P] -> (H V^T)^T [k, P], H = (1/n) sum_i J_i^T M_i M_i^T J_i, matrix-free.
+
+    One product costs a forward-mode pass (J v) and a reverse pass (J^T w); ``chunk``
+    vectors go through ``vmap`` together. Nothing of size P x P or n C x P is formed.
+    """
+    n = M.shape[0]
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        return task.outputs(model, layout.unflatten(flat), batch)  # [n, C]
+
+    _, pullback = vjp(f, theta)  # the forward graph at theta, reused by every product
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        Jv = jvp(f, (theta,), (v,))[1]  # apply J: v -> J v, [n, C]
+        w = torch.einsum("nck,nc->nk", M, Jv)  # M^T J v, [n, C']
+        LJv = torch.einsum("nck,nk->nc", M, w) / n  # M M^T J v / n = L J v / n
+        return pullback(LJv)[0]  # apply J^T: [P]
+
+    batched = vmap(one, chunk_size=chunk)
+
+    def matvec(V: torch.Tensor) -> torch.Tensor:
+        return batched(V)
+
+    return matvec
+
+
+def _orthonormal_rows(Y: torch.Tensor) -> torch.Tensor:
+    """Rows spanning the row space of Y [k, P], orthonormal: Q [k, P] (reduced QR of Y^T)."""
+    return torch.linalg.qr(Y.T)[0].T
+
+
+def matrix_free_eigs(
+    matvec, P: int, rank: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device | str,
+    oversample: int = 10, power_iters: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``rank`` eigenpairs of a PSD operator from products only (Halko et al. 2011, Alg. 4.4 + 5.3).
+
+    Range finder: Q = orth(H Omega), Omega [k, P] Gaussian, k = rank + oversample; then
+    ``power_iters`` subspace iterations Q <- orth(H Q) sharpen it by (lambda_{k+1}/lambda_r)^2
+    each; Rayleigh-Ritz: T = Q H Q^T [k, k] = W diag(lambda) W^T, eigenvectors W^T Q.
+    Cost k (power_iters + 2) products; memory a few [k, P] blocks. The k x k problem is
+    solved in float64. Returns (sigma [r], A [r, P]) with A = diag(sqrt sigma) V^T, as
+    :func:`lowrank_factor`.
+    """
+    k = min(rank + oversample, P)
+    omega = torch.randn(k, P, generator=gen, dtype=dtype).to(device)
+    Q = _orthonormal_rows(matvec(omega))
+    for _ in range(power_iters):
+        Q = _orthonormal_rows(matvec(Q))
+    Z = matvec(Q)  # (H Q^T)^T
+    T = (Q @ Z.T).double()
+    lam, W = torch.linalg.eigh(0.5 * (T + T.T))  # ascending
+    r = min(rank, k)
+    lam_r, W_r = lam[-r:].flip(-1).clamp_min(0), W[:, -r:].flip(-1)
+    V = W_r.T.to(Q.dtype) @ Q  # eigenvectors as rows [r, P]
+    return lam_r.to(dtype), lam_r.sqrt().to(dtype)[:, None] * V
+
+
+def ggn_diagonal_streamed(
+    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
+    M: torch.Tensor, chunk: int = 32,
+) -> torch.Tensor:
+    """diag(H) [P] accumulated over sample chunks: never more than chunk C' rows of S at once."""
+    n = M.shape[0]
+    diag = torch.zeros_like(theta)
+    for i in range(0, n, chunk):
+        sub = {k: v[i : i + chunk] for k, v in batch.items()}
+        S = ggn_sqrt(task, model, layout, theta, sub, M[i : i + chunk])  # scaled by 1/sqrt(chunk)
+        diag += ggn_diagonal(S) * (S.shape[0] / M.shape[-1] / n)
+    return diag
+
+
 def client_curvature(
     request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout,
     theta: torch.Tensor, batch: Batch, gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """The curvature summary a client uploads: {"eigvals","factor"} or {"diag"}."""
+    """The curvature summary a client uploads: {"eigvals","factor"} or {"diag"}.
+
+    ``gen`` draws, in this order: the data subsample, sampled labels, probe vectors.
+    """
     n = next(iter(batch.values())).shape[0]
     if request.samples is not None and request.samples < n:
         idx = torch.randperm(n, generator=gen)[: request.samples].sort().values
         batch = {k: v[idx] for k, v in batch.items()}
-    S = ggn_sqrt(task, model, layout, theta, batch)
+    with torch.no_grad():
+        out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
+    M = output_sqrt(task.loss_kind, request.fisher, out, gen)  # [n, C, C']
+    method = request.resolved_method(out.shape[0], M.shape[-1], theta.numel())
+    if method == "matrix_free":
+        if request.kind == "diag":
+            return {"diag": ggn_diagonal_streamed(task, model, layout, theta, batch, M)}
+        mv = ggn_matvec(task, model, layout, theta, batch, M, request.chunk)
+        sigma, A = matrix_free_eigs(mv, theta.numel(), request.rank, gen, theta.dtype, theta.device,
+                                    request.oversample, request.power_iters)
+        return {"eigvals": sigma, "factor": A}
+    if method != "exact":
+        raise ValueError(f"unknown curvature method {request.method!r}; use exact, matrix_free or auto")
+    S = ggn_sqrt(task, model, layout, theta, batch, M)
     if request.kind == "diag":
         return {"diag": ggn_diagonal(S)}
     sigma, A = lowrank_factor(S, request.rank)
