@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,7 +41,28 @@ def test_dag_completes_with_summary_and_figures(finished):
     assert not summary["diverged"].any()
     assert (summary["rounds_completed"] == 6).all()
     figs = sorted(p.name for p in (finished / "results" / "figures").glob("*.png"))
+    assert (finished / "results" / "report.html").is_file()
     assert figs == ["convergence_regression_1d_domain4.png", "final_regression_1d_domain4.png"]
+
+
+def test_report_notebook_executed_to_html(finished):
+    import nbformat
+
+    nb = nbformat.read(finished / "results" / "report.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # convergence, per-task panel, partitions
+    html = (finished / "results" / "report.html").read_text()
+    assert "FIPA reproduction report" in html and "fipa" in html and "<img" in html
+
+
+def test_benchmarks_join_the_summary(finished):
+    from fipa.report import attach_benchmarks
+
+    summary = attach_benchmarks(pd.read_csv(finished / "results" / "summary.csv"),
+                                finished / "results" / "benchmarks")
+    assert (summary["bench_s"] > 0).all()
 
 
 def test_second_invocation_has_nothing_to_do(finished):
@@ -54,3 +78,60 @@ def test_lint_is_clean():
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "Congratulations" in out or "no issues" in out.lower(), out
+
+
+def test_sigkill_mid_dag_then_rerun_incomplete_gives_the_same_summary(finished, tmp_path):
+    work = tmp_path / "killed"
+    shutil.copytree(ROOT / ".test" / "config", work / "config")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work),
+           "--cores", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    runs = work / "results" / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(runs.rglob("final.json"))) >= 2:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "results" / "summary.csv").exists(), "the DAG finished before the kill"
+    assert snakemake(work, "--unlock").returncode == 0
+    res = snakemake(work, "--rerun-incomplete")
+    assert res.returncode == 0, res.stderr[-3000:]
+    cols = ["task", "partition", "client_method", "aggregator", "seed", "rounds_completed", "diverged",
+            "final_train_loss", "final_test_loss", "final_test_mse"]
+    a = pd.read_csv(work / "results" / "summary.csv")[cols]
+    b = pd.read_csv(finished / "results" / "summary.csv")[cols]
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:
+    cfg = yaml.safe_load((ROOT / ".test" / "config" / "config.yaml").read_text())
+    edit(cfg)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return snakemake(tmp_path, "-n")
+
+
+@pytest.mark.parametrize(
+    ("edit", "needles"),
+    [
+        (lambda c: c["aggregators"].update(fipa={"name": "fipaa"}),
+         ["'fipaa' is not one of", "instance['aggregators']['fipa']['name']"]),
+        (lambda c: c["tasks"]["regression_1d"]["partitions"].update(
+            dirichlet={"scheme": "dirichlet", "clients": 4, "alpha": -0.5}),
+         ["-0.5 is less than or equal to the minimum of 0",
+          "instance['tasks']['regression_1d']['partitions']['dirichlet']['alpha']"]),
+        (lambda c: c.update(seed=[0]), ["Additional properties are not allowed ('seed' was unexpected)"]),
+    ],
+    ids=["unknown-aggregator", "negative-alpha", "top-level-typo"],
+)
+def test_schema_rejects_bad_config_before_any_job(tmp_path, edit, needles):
+    res = bad_config(tmp_path, edit)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    for needle in needles:
+        assert needle in out, out[-2000:]
+    assert not (tmp_path / "results").exists()
