@@ -42,6 +42,12 @@ def cmd_partition(args: argparse.Namespace) -> None:
         "indices": [p.tolist() for p in parts],
     })
     print(f"wrote {args.output}: {len(parts)} clients, sizes {[len(p) for p in parts]}")
+    if args.figure:
+        if data.labels is None:
+            raise ConfigError("--figure: the label histogram needs a task with class labels")
+        from fipa.plots_partition import plot_label_histogram
+
+        print(f"wrote {plot_label_histogram(data, parts, args.figure)}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -105,6 +111,40 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}" + (f" and {args.html}" if args.html else ""))
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from fipa.tasks.vision import download
+
+    for path in download(args.dataset, args.root):
+        print(f"{args.dataset} ready under {path}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from fipa.tasks.vision import prepare_tiny_imagenet
+
+    print(f"wrote {prepare_tiny_imagenet(args.path, args.root)}")
+
+
+def cmd_export_warmup(args: argparse.Namespace) -> None:
+    """A run's latest theta as a warm-up file {"theta": [P], "round": k} for ``warmup_checkpoint``."""
+    import torch
+
+    from fipa.io import atomic_write
+
+    ckpt = Path(args.run_dir) / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise ConfigError(f"{ckpt}: no checkpoint; train the warm-up run into {args.run_dir} first")
+    try:
+        raw = torch.load(ckpt, weights_only=True, map_location="cpu")
+        theta, rnd, diverged = raw["theta"], int(raw["round"]), bool(raw["diverged"])
+    except Exception as e:
+        raise ConfigError(f"{ckpt}: checkpoint is corrupt or truncated ({type(e).__name__}); "
+                          "rerun the warm-up") from None
+    if diverged or not bool(torch.isfinite(theta).all()):
+        raise ConfigError(f"{ckpt}: the warm-up run diverged at round {rnd}; nothing to export")
+    atomic_write(args.output, lambda fh: torch.save({"theta": theta, "round": rnd}, fh), mode="wb")
+    print(f"wrote {args.output}: theta after round {rnd} ({theta.numel()} parameters)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fipa", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -115,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("partition", help="split a task's training data among clients")
     s.add_argument("-c", "--config", required=True, help="run YAML (task, partition, seed used)")
     s.add_argument("-o", "--output", required=True, help="partition JSON to write")
+    s.add_argument("--figure", default=None, help="also save a clients x classes label heat map here")
     s.set_defaults(func=cmd_partition)
 
     s = sub.add_parser("train", help="run one job; resumes if OUTPUT holds a checkpoint")
@@ -146,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="results/report.ipynb")
     s.add_argument("--html", default="results/report.html")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("download", help="fetch a vision data set (needs the internet)")
+    s.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet", "tiny-imagenet"])
+    s.add_argument("--root", default="data", help="data directory (the task's root)")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("prepare", help="arrange a downloaded data set for the vision task")
+    s.add_argument("dataset", choices=["tiny-imagenet"])
+    s.add_argument("path", help="the extracted tiny-imagenet-200 folder")
+    s.add_argument("--root", default="data", help="data directory (the task's root)")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("export-warmup", help="a run's latest parameters as a warm-up state file")
+    s.add_argument("run_dir", help="run directory holding checkpoint.pt")
+    s.add_argument("-o", "--output", default="state.pt", help="file for warmup_checkpoint")
+    s.set_defaults(func=cmd_export_warmup)
     return p
 
 

@@ -186,6 +186,7 @@ def matrix_free_eigs(
     k = min(rank + oversample, P)
     omega = torch.randn(k, P, generator=gen, dtype=dtype).to(device)
     Q = _orthonormal_rows(matvec(omega))
+    del omega  # keep at most a few [k, P] blocks alive
     for _ in range(power_iters):
         Q = _orthonormal_rows(matvec(Q))
     Z = matvec(Q)  # (H Q^T)^T

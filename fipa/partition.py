@@ -132,6 +132,203 @@ domain_split.Params = DomainSplitParams
 SCHEMES.register("domain_split")(domain_split)
 
 
+# ----------------------------------------------------------------------------- label skew
+
+
+def _require_labels(data: PartitionInput, scheme: str) -> tuple[np.ndarray, int]:
+    """The labels [n] and class count K of a classification task, or a ConfigError."""
+    if data.labels is None:
+        raise ConfigError(f"partition.scheme: {scheme} needs a task with class labels; this task has "
+                          "none (use iid, quantity_skew or domain_split)")
+    labels = np.asarray(data.labels, dtype=np.int64)
+    return labels, int(data.num_classes or labels.max() + 1)
+
+
+def _check_alpha(alpha: float) -> None:
+    # parse_params already rejects this from YAML; repeat it for direct callers
+    if not alpha > 0:
+        raise ConfigError(f"partition.alpha: must be > 0, got {alpha}")
+
+
+def _check_min_size(data: PartitionInput, clients: int, min_size: int) -> None:
+    if min_size * clients > data.n:
+        raise ConfigError(f"partition.min_size: {clients} clients x {min_size} samples exceeds the "
+                          f"{data.n} training samples; lower min_size or use fewer clients")
+
+
+@dataclass
+class DirichletParams:
+    """Per-label Dirichlet skew (Hsu et al. 2019 as in NIID-Bench / FedLab ``hetero_dir``).
+
+    For every class k, proportions q_k ~ Dir(alpha 1_M) over the M clients split that class;
+    clients already holding N/M samples get no more of later classes. The whole draw is
+    repeated until every client holds at least ``min_size`` samples (at most ``max_tries``).
+    Small alpha: each client sees few classes and sizes vary.
+    """
+
+    alpha: float = 0.5
+    min_size: int = 10
+    max_tries: int = 1000
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.alpha > 0:
+            out.append(("alpha", f"must be > 0, got {self.alpha}"))
+        if self.min_size < 1:
+            out.append(("min_size", f"must be >= 1, got {self.min_size}"))
+        if self.max_tries < 1:
+            out.append(("max_tries", f"must be >= 1, got {self.max_tries}"))
+        return out
+
+
+def dirichlet(data: PartitionInput, clients: int, rng: np.random.Generator, params: DirichletParams):
+    labels, k = _require_labels(data, "dirichlet")
+    _check_alpha(params.alpha)
+    _check_enough(data, clients)
+    _check_min_size(data, clients, params.min_size)
+    by_class = [np.flatnonzero(labels == c) for c in range(k)]
+    for _ in range(params.max_tries):
+        owned: list[list[np.ndarray]] = [[] for _ in range(clients)]
+        sizes = np.zeros(clients, dtype=np.int64)
+        for idx in by_class:
+            idx = rng.permutation(idx)
+            q = rng.dirichlet(np.full(clients, params.alpha))
+            # balance: a client that already holds its fair share N/M takes no more
+            q = q * (sizes < data.n / clients)
+            q = q / q.sum() if q.sum() > 0 else np.full(clients, 1.0 / clients)
+            cuts = (np.cumsum(q) * len(idx)).astype(np.int64)[:-1]
+            for c, piece in enumerate(np.split(idx, cuts)):
+                owned[c].append(piece)
+                sizes[c] += len(piece)
+        if sizes.min() >= params.min_size:
+            return _require_nonempty([np.concatenate(o) for o in owned], "")
+    raise ConfigError(f"partition.min_size: no Dirichlet(alpha={params.alpha}) draw in {params.max_tries} "
+                      f"tries gave every client >= {params.min_size} samples; lower min_size, raise "
+                      "alpha or use fewer clients")
+
+
+dirichlet.Params = DirichletParams
+SCHEMES.register("dirichlet")(dirichlet)
+
+
+@dataclass
+class DirichletBalancedParams:
+    """Equal client sizes, Dirichlet class mix (FedRCL / FedDyn ``balanced`` split).
+
+    Client m draws class priors pi_m ~ Dir(alpha 1_K) and receives exactly N/M samples
+    (sizes differ by at most one when M does not divide N), drawn without replacement:
+    repeatedly a not-yet-full client is picked uniformly and takes one sample of a class
+    drawn from pi_m renormalized over the classes that still have samples left.
+    """
+
+    alpha: float = 0.5
+
+    def check(self) -> list[tuple[str, str]]:
+        return [] if self.alpha > 0 else [("alpha", f"must be > 0, got {self.alpha}")]
+
+
+def dirichlet_balanced(
+    data: PartitionInput, clients: int, rng: np.random.Generator, params: DirichletBalancedParams
+):
+    labels, k = _require_labels(data, "dirichlet_balanced")
+    _check_alpha(params.alpha)
+    _check_enough(data, clients)
+    priors = rng.dirichlet(np.full(k, params.alpha), size=clients)  # [M, K]
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in range(k)]
+    left = np.array([len(p) for p in pools], dtype=np.float64)
+    quota = np.full(clients, data.n // clients) + (np.arange(clients) < data.n % clients)
+    owned: list[list[int]] = [[] for _ in range(clients)]
+    open_ = list(range(clients))
+    while open_:
+        pos = int(rng.integers(len(open_)))
+        m = open_[pos]
+        # pi_m restricted to classes with samples left; a client whose classes ran out
+        # falls back to the remaining classes in proportion to what is left
+        w = priors[m] * (left > 0)
+        w = w / w.sum() if w.sum() > 0 else left / left.sum()
+        c = int(rng.choice(k, p=w))
+        owned[m].append(pools[c].pop())
+        left[c] -= 1
+        if len(owned[m]) == quota[m]:
+            open_.pop(pos)
+    return _require_nonempty([np.asarray(o) for o in owned], "")
+
+
+dirichlet_balanced.Params = DirichletBalancedParams
+SCHEMES.register("dirichlet_balanced")(dirichlet_balanced)
+
+
+@dataclass
+class ShardsParams:
+    """Pathological split of McMahan et al. (2017): sort by label, cut into
+    ``clients * shards_per_client`` equal shards, deal each client ``shards_per_client``
+    of them at random. Each client sees at most ``shards_per_client`` classes."""
+
+    shards_per_client: int = 2
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.shards_per_client < 1:
+            return [("shards_per_client", f"must be >= 1, got {self.shards_per_client}")]
+        return []
+
+
+def shards(data: PartitionInput, clients: int, rng: np.random.Generator, params: ShardsParams):
+    labels, k = _require_labels(data, "shards")
+    s = params.shards_per_client
+    if s > k:
+        raise ConfigError(f"partition.shards_per_client: {s} shards per client but the task has only "
+                          f"{k} classes; use at most {k}")
+    if clients * s > data.n:
+        raise ConfigError(f"partition.clients: {clients} clients x {s} shards exceeds the {data.n} "
+                          "training samples; use fewer clients or shards")
+    # random order first, then a stable sort: samples of one class are shuffled within it
+    perm = rng.permutation(data.n)
+    order = perm[np.argsort(labels[perm], kind="stable")]
+    pieces = np.array_split(order, clients * s)
+    deal = rng.permutation(clients * s).reshape(clients, s)
+    return _require_nonempty([np.concatenate([pieces[j] for j in row]) for row in deal], "")
+
+
+shards.Params = ShardsParams
+SCHEMES.register("shards")(shards)
+
+
+@dataclass
+class QuantitySkewParams:
+    """Client sizes from Dir(alpha 1_M), samples otherwise iid (NIID-Bench's quantity skew).
+
+    Every client first gets ``min_size`` samples; the other N - M min_size are cut by
+    proportions q ~ Dir(alpha 1_M). (NIID-Bench redraws q until all sizes reach the minimum,
+    which for small alpha and many clients almost never ends; shifting by the minimum
+    keeps the same shape of skew and always succeeds.)
+    """
+
+    alpha: float = 0.5
+    min_size: int = 10
+
+    def check(self) -> list[tuple[str, str]]:
+        out = [] if self.alpha > 0 else [("alpha", f"must be > 0, got {self.alpha}")]
+        if self.min_size < 1:
+            out.append(("min_size", f"must be >= 1, got {self.min_size}"))
+        return out
+
+
+def quantity_skew(data: PartitionInput, clients: int, rng: np.random.Generator, params: QuantitySkewParams):
+    _check_alpha(params.alpha)
+    _check_enough(data, clients)
+    _check_min_size(data, clients, params.min_size)
+    perm = rng.permutation(data.n)
+    q = rng.dirichlet(np.full(clients, params.alpha))
+    rest = data.n - clients * params.min_size
+    # cut points: i * min_size + floor(rest * (q_1 + ... + q_i)) for i = 1 .. M-1
+    cuts = np.arange(1, clients) * params.min_size + (np.cumsum(q)[:-1] * rest).astype(np.int64)
+    return _require_nonempty(np.split(perm, cuts), "")
+
+
+quantity_skew.Params = QuantitySkewParams
+SCHEMES.register("quantity_skew")(quantity_skew)
+
+
 # ----------------------------------------------------------------------------- api
 
 

@@ -68,6 +68,7 @@ class RunState:
     diverged: bool = False
     uplink_total: int = 0
     wall_s: float = 0.0
+    method_state: dict[str, torch.Tensor] = field(default_factory=dict)  # client method's server side
 
     def to_dict(self, fp: str) -> dict[str, Any]:
         return {**self.__dict__, "fingerprint": fp}
@@ -137,6 +138,7 @@ class Simulation:
         task = build_task(cfg.task.name, cfg.task.params, cfg.seed, dtype)
         agg = AGGREGATORS.get(cfg.aggregator.name)(cfg.aggregator.params)
         method = CLIENT_METHODS.get(cfg.client.method)(cfg.client)
+        method.check_task(task)
         pin = task.partition_input()
         if cfg.partition_file:
             parts = load_partition(cfg.partition_file, cfg, pin.n)
@@ -212,7 +214,8 @@ def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str
         log(f"{label} resuming from round {state.round}")
     else:
         theta = sim.initial_theta()
-        state = RunState(0, theta, sim.aggregator.init_state(theta), {})
+        state = RunState(0, theta, sim.aggregator.init_state(theta), {},
+                         method_state=sim.method.init_server_state(theta))
     columns = sim.metrics_columns()
     M = len(sim.data)
     t0 = time.perf_counter() - state.wall_s
@@ -224,10 +227,12 @@ def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str
         chosen = sample_clients(cfg.seed, rnd, M, cfg.participation) if M > 1 else [0]
         theta = state.theta
         updates = []
+        sim.method.begin_round(state.method_state)
         for m in chosen:
             cstate = state.client_states.setdefault(str(m), sim.method.init_state(theta))
             updates.append(sim.client_round(theta, rnd, m, cstate))
         theta_new = sim.aggregator.step(theta, updates, state.agg_state)
+        theta_new = sim.method.end_round(theta_new, state.method_state, M)  # SCAFFOLD c, FedDyn h
         bytes_ = sum(u.uplink_numbers for u in updates) * theta.element_size()
         state.uplink_total += bytes_
         state.round, state.theta = rnd, theta_new
