@@ -72,8 +72,28 @@ def partition_spec(config: dict[str, Any], task: str, partition: str, seed: int)
     }
 
 
-def run_spec(config: dict[str, Any], cell: Cell, partition_file: str) -> dict[str, Any]:
-    """The full run config of one cell, with the partition file it trains on."""
+def warmup_spec(config: dict[str, Any], task: str, partition: str, seed: int,
+                partition_file: str) -> dict[str, Any]:
+    """The shared warm-up run of a task x partition x seed: ``warmup.rounds`` of an averaging method.
+
+    Every refinement cell of that task, partition and seed starts from its final parameters.
+    """
+    t = config["tasks"][task]
+    w = t["warmup"]
+    cell = Cell(task, partition, w.get("client_method", "local"), w.get("aggregator", "fedavg"), seed)
+    spec = run_spec(config, cell, partition_file, warmup_file=None)
+    spec["rounds"] = w["rounds"]
+    spec["labels"] = {**spec["labels"], "aggregator": f"warmup-{cell.aggregator}"}
+    return spec
+
+
+def warmup_file(task: str, partition: str, seed: int) -> str:
+    return f"results/warmup/{task}/{partition}/seed{seed}/state.pt"
+
+
+def run_spec(config: dict[str, Any], cell: Cell, partition_file: str,
+             warmup_file: str | None = None) -> dict[str, Any]:
+    """The full run config of one cell, with the partition file (and warm-up state) it starts from."""
     t = config["tasks"][cell.task]
     client = _merge(t.get("client", {}), config["client_methods"][cell.method])
     aggregator = _merge(config["aggregators"][cell.aggregator],
@@ -89,6 +109,8 @@ def run_spec(config: dict[str, Any], cell: Cell, partition_file: str) -> dict[st
                    "client_method": cell.method, "aggregator": cell.aggregator},
     }
     spec.update({k: t[k] for k in TASK_RUN_KEYS if k in t})
+    if warmup_file is not None:
+        spec["warmup_checkpoint"] = warmup_file
     return spec
 
 

@@ -39,7 +39,7 @@ def test_dag_completes_with_summary_and_figures(finished):
     assert len(summary) == 3 * 2  # aggregators x seeds in .test/config
     assert set(summary["aggregator"]) == {"fedavg", "fipa", "centralized"}
     assert not summary["diverged"].any()
-    assert (summary["rounds_completed"] == 6).all()
+    assert (summary["rounds_completed"] == 4).all()
     figs = sorted(p.name for p in (finished / "results" / "figures").glob("*.png"))
     assert (finished / "results" / "report.html").is_file()
     assert figs == ["convergence_regression_1d_domain4.png", "final_regression_1d_domain4.png"]

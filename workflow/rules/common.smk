@@ -29,9 +29,28 @@ def partition_spec(w):
     return grid.partition_spec(config, w.task, w.partition, int(w.seed))
 
 
+def part_file(w):
+    return PART_FILE.format(task=w.task, partition=w.partition, seed=w.seed)
+
+
+def has_warmup(task):
+    return "warmup" in config["tasks"][task]
+
+
+def warmup_input(w):
+    """The shared warm-up state a refinement starts from (none for from-scratch tasks)."""
+    return [grid.warmup_file(w.task, w.partition, int(w.seed))] if has_warmup(w.task) else []
+
+
 def run_spec(w):
-    part = PART_FILE.format(task=w.task, partition=w.partition, seed=w.seed)
-    spec = grid.run_spec(config, cell_of(w), part)
+    warm = warmup_input(w)
+    spec = grid.run_spec(config, cell_of(w), part_file(w), warm[0] if warm else None)
+    spec.setdefault("device", config["device"])
+    return spec
+
+
+def warmup_spec(w):
+    spec = grid.warmup_spec(config, w.task, w.partition, int(w.seed), part_file(w))
     spec.setdefault("device", config["device"])
     return spec
 
