@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: reproduce test lint test-slow dry-run clean-results help
+.PHONY: reproduce test lint test-slow test-cluster dry-run clean-results help
 
 help:
 	@echo "make reproduce   set up .venv, then run the default reproduction (config/config.yaml)"
 	@echo "make test        set up .venv, then run the test suite and ruff"
 	@echo "make test-slow   also run the slow paper-scale tests"
+	@echo "make test-cluster  run the workflow on a throw-away single-node SLURM (root; about 4 min)"
 	@echo "make dry-run     list the jobs the default reproduction would run"
 
 $(STAMP): pyproject.toml
@@ -31,6 +32,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q --runslow
+
+test-cluster: $(STAMP)
+	FIPA_BIN=$(CURDIR)/$(BIN) bash tests/cluster/run_slurm_test.sh
 
 clean-results:
 	find results -mindepth 1 ! -name README.md -exec rm -rf {} +

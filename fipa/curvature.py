@@ -97,16 +97,20 @@ def lowrank_factor(S: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tens
     N <= P: eigh of S S^T = U diag(sigma) U^T [N, N]; then A = U_r^T S (rows u_i^T S have
     norm sqrt(sigma_i) and direction v_i), costing O(N^2 P) instead of an SVD's larger constant.
     N > P: eigh of S^T S = V diag(sigma) V^T directly.
+    The Gram matrix and its eigenproblem are always float64 (a no-op for float64 S): in
+    float32 the Gram squares S's condition number into round-off, and LAPACK's float32
+    eigh fails to converge on the many near-zero eigenvalues of a well-trained classifier.
     """
     N, P = S.shape
     r = min(rank, N, P)
+    S64 = S.double()
     if N <= P:
-        sigma, U = torch.linalg.eigh(S @ S.T)  # ascending
+        sigma, U = torch.linalg.eigh(S64 @ S64.T)  # ascending
         U_r = U[:, -r:].flip(-1)
-        return sigma[-r:].flip(-1).clamp_min(0), U_r.T @ S
-    sigma, V = torch.linalg.eigh(S.T @ S)
+        return sigma[-r:].flip(-1).clamp_min(0).to(S.dtype), (U_r.T @ S64).to(S.dtype)
+    sigma, V = torch.linalg.eigh(S64.T @ S64)
     sigma_r = sigma[-r:].flip(-1).clamp_min(0)
-    return sigma_r, sigma_r.sqrt()[:, None] * V[:, -r:].flip(-1).T
+    return sigma_r.to(S.dtype), (sigma_r.sqrt()[:, None] * V[:, -r:].flip(-1).T).to(S.dtype)
 
 
 def ggn_diagonal(S: torch.Tensor) -> torch.Tensor:
@@ -157,17 +161,52 @@ def ggn_matvec(
         LJv = torch.einsum("nck,nk->nc", M, w) / n  # M M^T J v / n = L J v / n
         return pullback(LJv)[0]  # apply J^T: [P]
 
-    batched = vmap(one, chunk_size=chunk)
+    batched = vmap(one)
 
     def matvec(V: torch.Tensor) -> torch.Tensor:
-        return batched(V)
+        out = torch.empty_like(V)  # filled chunk by chunk: no list of pieces, no concatenation
+        for i in range(0, V.shape[0], chunk):
+            out[i : i + chunk] = batched(V[i : i + chunk])
+        return out
 
     return matvec
 
 
-def _orthonormal_rows(Y: torch.Tensor) -> torch.Tensor:
-    """Rows spanning the row space of Y [k, P], orthonormal: Q [k, P] (reduced QR of Y^T)."""
-    return torch.linalg.qr(Y.T)[0].T
+COLUMN_CHUNK = 1 << 20  # columns per block in the streamed [k, P] algebra below
+
+
+def _gram(X: torch.Tensor) -> torch.Tensor:
+    """X X^T [k, k] in float64 from X [k, P], accumulated over column blocks."""
+    G = torch.zeros(X.shape[0], X.shape[0], dtype=torch.float64, device=X.device)
+    for i in range(0, X.shape[1], COLUMN_CHUNK):
+        block = X[:, i : i + COLUMN_CHUNK].double()
+        G += block @ block.T
+    return G
+
+
+def _left_multiply_(T: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """X[:k'] <- T X in place, T [k', k] with k' <= k, X [k, P]; returns the view X[:k']."""
+    T = T.to(X.dtype)
+    for i in range(0, X.shape[1], COLUMN_CHUNK):
+        cols = slice(i, i + COLUMN_CHUNK)
+        X[: T.shape[0], cols] = T @ X[:, cols]
+    return X[: T.shape[0]]
+
+
+def _orthonormalize_rows_(Y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the row space of Y [k, P], written over Y (SVQB).
+
+    With Y Y^T = U diag(e) U^T (float64), the rows of diag(e^-1/2) U^T Y are orthonormal
+    (Stathopoulos & Wu 2002); directions with e at round-off level are dropped, so the
+    result has k' <= k rows. Two passes: the second repairs the float32 round-off of the
+    first. Extra memory O(k^2 + k * COLUMN_CHUNK), where a QR of Y^T would copy Y twice.
+    """
+    tol = Y.shape[0] * torch.finfo(Y.dtype).eps ** 2
+    for _ in range(2):
+        e, U = torch.linalg.eigh(_gram(Y))
+        keep = e > e.max() * tol
+        Y = _left_multiply_((U[:, keep] / e[keep].sqrt()).T, Y)
+    return Y
 
 
 def matrix_free_eigs(
@@ -179,23 +218,28 @@ def matrix_free_eigs(
     Range finder: Q = orth(H Omega), Omega [k, P] Gaussian, k = rank + oversample; then
     ``power_iters`` subspace iterations Q <- orth(H Q) sharpen it by (lambda_{k+1}/lambda_r)^2
     each; Rayleigh-Ritz: T = Q H Q^T [k, k] = W diag(lambda) W^T, eigenvectors W^T Q.
-    Cost k (power_iters + 2) products; memory a few [k, P] blocks. The k x k problem is
-    solved in float64. Returns (sigma [r], A [r, P]) with A = diag(sqrt sigma) V^T, as
-    :func:`lowrank_factor`.
+    Cost k (power_iters + 2) products. Memory: two [k, P] blocks (the operand and the
+    product) plus the autodiff work of ``matvec``; the k x k problems are solved in float64.
+    Returns (sigma [r], A [r, P]) with A = diag(sqrt sigma) V^T, as :func:`lowrank_factor`
+    (r < rank only when H has fewer than rank nonzero directions).
     """
     k = min(rank + oversample, P)
-    omega = torch.randn(k, P, generator=gen, dtype=dtype).to(device)
-    Q = _orthonormal_rows(matvec(omega))
-    del omega  # keep at most a few [k, P] blocks alive
-    for _ in range(power_iters):
-        Q = _orthonormal_rows(matvec(Q))
+    Q = torch.randn(k, P, generator=gen, dtype=dtype).to(device)  # Omega
+    for _ in range(power_iters + 1):
+        Y = matvec(Q)  # H Q^T, as rows
+        del Q  # at most two [k, P] blocks alive: the operand and its product
+        Q = _orthonormalize_rows_(Y)
     Z = matvec(Q)  # (H Q^T)^T
-    T = (Q @ Z.T).double()
+    T = torch.zeros(Q.shape[0], Q.shape[0], dtype=torch.float64, device=Q.device)
+    for i in range(0, P, COLUMN_CHUNK):  # T = Q Z^T in float64
+        T += Q[:, i : i + COLUMN_CHUNK].double() @ Z[:, i : i + COLUMN_CHUNK].double().T
+    del Z
     lam, W = torch.linalg.eigh(0.5 * (T + T.T))  # ascending
-    r = min(rank, k)
+    r = min(rank, Q.shape[0])
     lam_r, W_r = lam[-r:].flip(-1).clamp_min(0), W[:, -r:].flip(-1)
-    V = W_r.T.to(Q.dtype) @ Q  # eigenvectors as rows [r, P]
-    return lam_r.to(dtype), lam_r.sqrt().to(dtype)[:, None] * V
+    # eigenvectors as rows, scaled: A = diag(sqrt lambda) W_r^T Q  [r, P]
+    A = _left_multiply_(lam_r.sqrt()[:, None] * W_r.T, Q).clone()  # own storage, not Q's k rows
+    return lam_r.to(dtype), A
 
 
 def ggn_diagonal_streamed(

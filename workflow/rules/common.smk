@@ -71,3 +71,94 @@ def first_output(wildcards, output):
 
 def train_resources():
     return {"gpu": 1} if config["device"].startswith("cuda") else {}
+
+
+# Cluster sizing of one training (or warm-up) job per task family: memory in MB and
+# wall time in minutes, both multiplied by the attempt number under --retries. Override
+# per run with e.g. --set-resources train:mem_mb=8000 train:runtime=240.
+FAMILY_RESOURCES = {
+    "regression": {"mem_mb": 1000, "runtime": 20},
+    "pde": {"mem_mb": 4000, "runtime": 180},
+    "vision": {"mem_mb": 16000, "runtime": 720},
+}
+# Families whose CPU jobs are small enough to batch: profiles/slurm's group-components
+# packs that many of them into one cluster job; vision jobs keep one allocation each.
+GROUPED_FAMILIES = ("regression", "pde")
+
+
+def task_family(task):
+    """The task family (regression, pde, vision) of a named task of the config."""
+    return config["tasks"][task]["task"]["name"]
+
+
+def train_mem_mb(wildcards, attempt):
+    return FAMILY_RESOURCES[task_family(wildcards.task)]["mem_mb"] * attempt
+
+
+def train_runtime(wildcards, attempt):
+    return FAMILY_RESOURCES[task_family(wildcards.task)]["runtime"] * attempt
+
+
+def train_group(wildcards):
+    """Job group of a training job ("train_<family>"), or None for its own cluster job.
+
+    Only CPU jobs of small families are grouped: where Snakemake may run a group's jobs
+    side by side it requests the sum of their resources, which must not add up GPUs.
+    """
+    family = task_family(wildcards.task)
+    if family in GROUPED_FAMILIES and not config["device"].startswith("cuda"):
+        return f"train_{family}"
+    return None
+
+
+def slurm_preflight():
+    """Stop a SLURM run before its first sbatch when the jobs' partition cannot work.
+
+    Called from onstart, on the submitting host only. Without it a missing or misspelt
+    partition surfaces as one sbatch error per job once the DAG runs. Partitions come
+    from `slurm_partition` (profiles/slurm reads $SBATCH_PARTITION); none given means
+    the cluster's default partition, which must then exist.
+    """
+    import subprocess
+
+    from snakemake.exceptions import WorkflowError
+
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm" or not workflow.is_main_process:
+        return
+    if getattr(workflow.executor_settings, "partition_config", None) or os.environ.get(
+        "SNAKEMAKE_SLURM_PARTITIONS"
+    ):
+        return  # the executor picks partitions from its own partition file
+    try:
+        listing = subprocess.run(
+            ["sinfo", "--all", "--noheader", "--format=%P"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", None) or err
+        raise WorkflowError(f"--executor slurm needs a working SLURM client here, but `sinfo` failed: {detail}")
+    known = sorted({p.rstrip("*") for p in listing})
+    default = next((p.rstrip("*") for p in listing if p.endswith("*")), None)
+    fix = (
+        "Set it with `export SBATCH_PARTITION=<partition>` (read by profiles/slurm) or "
+        "`--set-resources <rule>:slurm_partition=<partition>`; partitions of this cluster: "
+        f"{', '.join(known) or 'none'} (see `sinfo -s`)."
+    )
+    wanted = {}
+    for job in workflow.dag.needrun_jobs():
+        if job.is_local or any(job.resources.get(k) for k in ("slurm_cluster", "cluster", "clusters")):
+            continue
+        wanted.setdefault(job.resources.get("slurm_partition") or None, set()).add(job.rule.name)
+    for partition, rules in sorted(wanted.items(), key=lambda kv: str(kv[0])):
+        names = ", ".join(sorted(rules))
+        if partition is None and default is None:
+            raise WorkflowError(
+                f"No SLURM partition given for rule(s) {names} and this cluster has no default partition. {fix}"
+            )
+        if partition is not None and str(partition) not in known:
+            raise WorkflowError(
+                f"SLURM partition {str(partition)!r} of rule(s) {names} does not exist on this cluster. {fix}"
+            )
+    if None in wanted:
+        print(f"SLURM: no partition given; jobs go to the cluster's default partition {default!r}.")

@@ -38,6 +38,8 @@ rule warmup:
         "results/benchmarks/warmup/{task}/{partition}/seed{seed}.tsv"
     threads: config["threads_per_job"]
     resources:
+        mem_mb=train_mem_mb,
+        runtime=train_runtime,
         **train_resources(),
     params:
         rundir=lambda w, input: os.path.dirname(input.spec),
@@ -60,8 +62,12 @@ rule train:
         "results/logs/train/{task}/{partition}/{method}/{aggregator}/seed{seed}.log",
     benchmark:
         "results/benchmarks/{task}/{partition}/{method}/{aggregator}/seed{seed}.tsv"
+    group:
+        train_group
     threads: config["threads_per_job"]
     resources:
+        mem_mb=train_mem_mb,
+        runtime=train_runtime,
         **train_resources(),
     params:
         outdir=output_dir,

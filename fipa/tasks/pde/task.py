@@ -1,0 +1,229 @@
+"""The ``pde`` task: a physics-informed network (DeepXDE FNN) fit to one of the PROBLEMS."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fipa.partition import PartitionInput
+from fipa.tasks.base import TASKS, Batch, Task
+from fipa.tasks.pde.network import ACTIVATION_JETS, UnitBox, fnn_jet
+from fipa.tasks.pde.problems import PROBLEMS, Problem, dde, residual_rows
+
+SAMPLINGS = ("uniform", "pseudo", "LHS", "Halton", "Hammersley", "Sobol")
+KIND_PDE, KIND_BOUNDARY, KIND_INITIAL = 0, 1, 2
+
+
+@dataclass
+class PDEParams:
+    """A PINN on ``problem``: collocation, boundary and initial points, network, test grid.
+
+    Loss = mean over all points of r^2 (see Problem); bc_weight / ic_weight multiply the
+    squared data residuals. ``sampling`` is a DeepXDE sampler name or "uniform" (a grid).
+    ``test_points`` is per axis (a 2-D problem is tested on test_points^2 points).
+    """
+
+    problem: str = "poisson1d"
+    n_domain: int = 200
+    n_boundary: int = 2
+    n_initial: int = 64  # evolution problems only
+    bc_weight: float = 1.0
+    ic_weight: float = 1.0
+    hidden: list[int] = field(default_factory=lambda: [32, 32, 32])
+    activation: str = "tanh"
+    initializer: str = "Glorot normal"
+    sampling: str = "Hammersley"
+    test_points: int = 200
+    reference_dir: str = "results/reference"
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        if self.problem not in PROBLEMS:
+            out.append(("problem", f"unknown PDE {self.problem!r}; choose one of "
+                        f"{', '.join(PROBLEMS.names())}"))
+        for key in ("n_domain", "n_boundary"):
+            if getattr(self, key) < 1:
+                out.append((key, f"must be >= 1, got {getattr(self, key)}"))
+        if self.n_initial < 0:
+            out.append(("n_initial", f"must be >= 0, got {self.n_initial}"))
+        elif (self.problem in PROBLEMS and PROBLEMS.get(self.problem).time is not None
+              and self.n_initial < 1):
+            out.append(("n_initial", f"{self.problem} is an evolution problem: needs >= 1 initial point"))
+        for key in ("bc_weight", "ic_weight"):
+            if getattr(self, key) <= 0:
+                out.append((key, f"must be > 0, got {getattr(self, key)}"))
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            out.append(("hidden", f"needs at least one layer, widths >= 1; got {self.hidden}"))
+        if self.activation not in ACTIVATION_JETS:
+            # the residual needs second derivatives: relu/elu would make them 0 or jump
+            out.append(("activation", f"{self.activation!r}: choose a twice differentiable one of "
+                        f"{', '.join(ACTIVATION_JETS.names())}"))
+        try:
+            dde.nn.initializers.get(self.initializer)
+        except (KeyError, ValueError):
+            out.append(("initializer", f"unknown DeepXDE initializer {self.initializer!r} "
+                        "(e.g. 'Glorot normal', 'Glorot uniform', 'He normal')"))
+        if self.sampling not in SAMPLINGS:
+            out.append(("sampling", f"{self.sampling!r}: choose one of {', '.join(SAMPLINGS)}"))
+        if self.test_points < 2:
+            out.append(("test_points", f"must be >= 2, got {self.test_points}"))
+        return out
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@contextlib.contextmanager
+def dde_sampling(seed: int) -> Iterator[None]:
+    """DeepXDE sampling in float64 from a seeded numpy stream, restoring both afterwards.
+
+    DeepXDE draws from the global ``np.random`` and casts to its global float type; both are
+    process state that other code may rely on, so they are swapped in and out here.
+    """
+    # legacy global-state calls on purpose: DeepXDE's samplers read np.random directly
+    state, precision = np.random.get_state(), dde.config.real.precision  # noqa: NPY002
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    dde.config.real.set_float64()
+    try:
+        yield
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+        {16: dde.config.real.set_float16, 32: dde.config.real.set_float32,
+         64: dde.config.real.set_float64}[precision]()
+
+
+def sample_interior(geom: dde.geometry.Geometry, n: int, how: str) -> np.ndarray:
+    """n collocation points strictly inside the (space-time) domain: [n, d]."""
+    return geom.uniform_points(n, boundary=False) if how == "uniform" else geom.random_points(n, how)
+
+
+def sample_boundary(geom: dde.geometry.Geometry, n: int, how: str) -> np.ndarray:
+    """n points on the spatial boundary (times a random time for evolution problems): [n, d]."""
+    if isinstance(geom, dde.geometry.Interval) or how == "uniform":
+        # the boundary of an interval is two points: deal n between them evenly
+        return geom.uniform_boundary_points(n)
+    return geom.random_boundary_points(n, how)
+
+
+def sample_initial(geom: dde.geometry.GeometryXTime, n: int, how: str) -> np.ndarray:
+    """n points on the initial slice t = t0: [n, d]."""
+    return geom.uniform_initial_points(n) if how == "uniform" else geom.random_initial_points(n, how)
+
+
+def _numpy_field(fn):
+    """A torch field [n, d] -> [n] as the numpy [n, d] -> [n, 1] function DeepXDE's icbc expects."""
+    return lambda X: fn(torch.from_numpy(np.asarray(X, dtype=np.float64))).numpy()[:, None]
+
+
+def training_points(problem: Problem, p: PDEParams, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pooled training set: points x [n, d], kinds [n] (0 PDE, 1 BC, 2 IC), data g [n].
+
+    Boundary and initial points go through DeepXDE's DirichletBC / IC, which keep the
+    candidates that lie on the boundary (initial slice) and evaluate the data there.
+    """
+    geom = problem.geometry()
+    with dde_sampling(seed):
+        interior = sample_interior(geom, p.n_domain, p.sampling)
+        candidates = [(KIND_BOUNDARY, sample_boundary(geom, p.n_boundary, p.sampling),
+                       dde.icbc.DirichletBC(geom, _numpy_field(problem.boundary), lambda _, on: on))]
+        if problem.time is not None:
+            candidates.append((KIND_INITIAL, sample_initial(geom, p.n_initial, p.sampling),
+                               dde.icbc.IC(geom, _numpy_field(problem.initial), lambda _, on: on)))
+        xs, kinds, gs = [interior], [np.full(len(interior), KIND_PDE)], [np.zeros(len(interior))]
+        for kind, pts, cond in candidates:
+            on = cond.collocation_points(pts)
+            xs.append(on)
+            kinds.append(np.full(len(on), kind))
+            # cond.func returns a tensor in DeepXDE's float type: float64 inside this block
+            gs.append(np.asarray(cond.func(on, 0, len(on), None), dtype=np.float64).reshape(-1))
+    return (np.concatenate(xs).astype(np.float64), np.concatenate(kinds).astype(np.int64),
+            np.concatenate(gs))
+
+
+# ----------------------------------------------------------------------------- task
+
+
+@TASKS.register("pde")
+class PINN(Task):
+    """Physics-informed network u_theta(x) for a registered PDE problem.
+
+    Per-point outputs are the residuals r_i (PDE at collocation points, sqrt-weighted
+    Dirichlet/initial mismatch elsewhere) with target 0, so the mse loss is the PINN loss
+        L(theta) = mean_i r_i(theta)^2
+    and the curvature code's GGN is (1/n) sum_i grad r_i grad r_i^T.
+    """
+
+    Params = PDEParams
+    loss_kind = "mse"
+    metrics = {"rel_l2": "min"}
+    primary_metric = "rel_l2"
+
+    def __init__(self, params: PDEParams, seed: int, dtype: torch.dtype) -> None:
+        super().__init__(params, seed, dtype)
+        self.problem = PROBLEMS.get(params.problem, key="task.problem")
+        x, kind, g = training_points(self.problem, params, seed * 7919 + 104729)
+        self.x_train = torch.as_tensor(x, dtype=dtype)
+        self.kind_train = torch.as_tensor(kind)
+        self.g_train = torch.as_tensor(g, dtype=dtype)
+        self.sqrt_w = (params.bc_weight**0.5, params.ic_weight**0.5)
+        self.grid_axes = [np.linspace(lo, hi, params.test_points) for lo, hi in self.problem.bounds]
+        u_ref = self.problem.solution(self.grid_axes, Path(params.reference_dir))  # [*shape]
+        mesh = np.stack(np.meshgrid(*self.grid_axes, indexing="ij"), axis=-1)  # [*shape, d]
+        self.x_test = torch.as_tensor(mesh.reshape(-1, mesh.shape[-1]), dtype=dtype)
+        self.u_test = torch.as_tensor(u_ref.reshape(-1), dtype=dtype)
+
+    def partition_input(self) -> PartitionInput:
+        return PartitionInput(n=len(self.x_train), coords=self.x_train.double().numpy(),
+                              bounds=list(self.problem.bounds))
+
+    def client_data(self, indices: np.ndarray) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {"x": self.x_train[idx], "kind": self.kind_train[idx], "g": self.g_train[idx]}
+
+    def build_model(self) -> nn.Module:
+        p = self.params
+        d = len(self.problem.bounds)
+        with dde_sampling(0):  # float64 layers from the start; torch's RNG draws the weights
+            net = dde.nn.FNN([d, *p.hidden, 1], p.activation, p.initializer)
+        net.apply_feature_transform(UnitBox(self.problem.bounds))
+        return net.to(self.dtype)
+
+    def outputs(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Residuals [n, 1]; functional in ``params`` and vmap-safe (plain tensor ops)."""
+        jet = fnn_jet(model, params, batch["x"], self.params.activation)
+        return residual_rows(self.problem, batch["x"], batch["kind"], batch["g"], jet, self.sqrt_w)[:, None]
+
+    def targets(self, batch: Batch) -> torch.Tensor:
+        return torch.zeros(batch["x"].shape[0], 1, dtype=batch["x"].dtype, device=batch["x"].device)
+
+    def predict(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """u_theta at points x [n, d] -> [n] (no input derivatives)."""
+        device = next(iter(params.values())).device
+        with torch.no_grad():
+            return functional_call(model, params, (x.to(device),))[:, 0].cpu()
+
+    def evaluate(self, model, params) -> dict[str, float]:
+        """test_loss = mean (u_theta - u)^2 and rel_l2 = ||u_theta - u|| / ||u|| on the test grid."""
+        err = self.predict(model, params, self.x_test) - self.u_test
+        return {"test_loss": float(err.pow(2).mean()),
+                "rel_l2": float(err.norm() / self.u_test.norm())}
+
+    def solution_grid(self, model: nn.Module, params: dict[str, torch.Tensor]):
+        """(X [*shape, d], U_pred [*shape], U_ref [*shape]) on the test grid, as numpy arrays.
+
+        shape = (test_points,) * d in "ij" order (x first, time last), for heat maps.
+        """
+        shape = tuple(len(a) for a in self.grid_axes)
+        X = self.x_test.double().numpy().reshape(*shape, -1)
+        pred = self.predict(model, params, self.x_test).double().numpy().reshape(shape)
+        return X, pred, self.u_test.double().numpy().reshape(shape)
+
+    def describe(self) -> str:
+        return f"pde[{self.params.problem}]"

@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# The workflow on a real single-node SLURM, through profiles/slurm.
+#
+#   tests/cluster/run_slurm_test.sh        bring SLURM up, run the checks below, stop it
+#   tests/cluster/run_slurm_test.sh up     only bring SLURM up (debugging; then `down`)
+#   tests/cluster/run_slurm_test.sh down   stop what an earlier `up` started
+#
+# Needs root on Debian/Ubuntu; installs slurmctld, slurmd, slurm-client and munge with
+# apt-get when they are missing. The daemons (a private munged, slurmctld, slurmd) are
+# started directly, without systemd, with state, logs and PID files under $STATE; the
+# cluster's config goes to /etc/slurm/slurm.conf (the executor's job steps drop
+# $SLURM_CONF, so clients inside jobs only find the default path) and is removed again.
+# Only the PIDs recorded under $STATE are stopped. Exit status: 0 all checks passed,
+# 1 a check failed, 77 this machine cannot host the test (not root, no SLURM packages,
+# a foreign SLURM config, a port in use).
+#
+# Checks, on the .test configuration (copies under $STATE/work, run with --directory):
+#   - no partition while the cluster has no default one, or an unknown partition: the
+#     run stops before any job, with a message naming the fix;
+#   - the workflow runs to results/summary.csv through profiles/slurm: every non-local
+#     job is a SLURM job (squeue's record of the run's job name: all COMPLETED), the six
+#     training jobs run as two grouped SLURM jobs of three, and job status comes from squeue
+#     (sacct does not work on this cluster: no accounting database);
+#   - meanwhile a job that fails on the cluster (a config with fewer samples than
+#     clients, which only `fipa partition` checks) is reported FAILED, with the reason
+#     in the rule's log, and the rerun after fixing the config completes;
+#   - summary.csv equals, in every ID and metric column, the one of a local run
+#     (profiles/local) of the same config.
+# Every snakemake call runs under `timeout -s KILL`; about 4 minutes on 2 busy cores.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${FIPA_BIN:-$ROOT/.venv/bin}
+STATE=${FIPA_SLURM_STATE:-/tmp/fipa-slurm-test}
+CONF=/etc/slurm/slurm.conf
+MARK="# written by fipa tests/cluster/run_slurm_test.sh"
+CTLD_PORT=${FIPA_SLURMCTLD_PORT:-16817}
+SLURMD_PORT=$((CTLD_PORT + 1))
+NODE=$(hostname -s)
+PARTITION=debug
+T0=$(date +%s)
+export PATH=$PATH:/usr/sbin:/sbin
+
+log() { printf '[cluster-test %3ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+cannot() { log "SKIP: $*"; exit 77; }
+fail() { log "FAIL: $*"; exit 1; }
+
+# --- bring-up and tear-down -------------------------------------------------------------
+
+stop_pid() {  # stop_pid NAME PIDFILE: TERM, then KILL after 10 s, the PID recorded there
+    local name=$1 file=$2 pid
+    [[ -s $file ]] || { rm -f "$file"; return 0; }
+    pid=$(cat "$file")
+    # only a live process of the expected program (the PID may have been reused)
+    if [[ -r /proc/$pid/comm && $(cat "/proc/$pid/comm") == "$name" ]]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$file"
+}
+
+down() {
+    if [[ -s $STATE/slurmctld.pid ]] && command -v scancel >/dev/null; then
+        # every job on this private cluster is the test's own; let slurmd end their steps
+        timeout -s KILL 20 scancel --quiet --full --user="$(id -un)" 2>/dev/null || true
+        for _ in $(seq 30); do
+            [[ -z $(timeout -s KILL 10 squeue -h -t PD,R,CG 2>/dev/null) ]] && break
+            sleep 0.5
+        done
+    fi
+    stop_pid slurmd "$STATE/slurmd.pid"
+    stop_pid slurmctld "$STATE/slurmctld.pid"
+    stop_pid munged "$STATE/munge/munged.pid"
+    if [[ -f $CONF ]] && head -1 "$CONF" | grep -qF "$MARK"; then rm -f "$CONF"; fi
+}
+
+install_slurm() {
+    local missing=()
+    for exe in slurmctld slurmd sbatch squeue munged mungekey; do
+        command -v "$exe" >/dev/null || missing+=("$exe")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    command -v apt-get >/dev/null || cannot "SLURM is not installed (${missing[*]}) and there is no apt-get"
+    log "installing slurmctld slurmd slurm-client munge with apt-get"
+    { timeout -s KILL 180 apt-get -o Acquire::http::Timeout=20 update -qq &&
+        DEBIAN_FRONTEND=noninteractive timeout -s KILL 300 apt-get install -y -qq \
+            --no-install-recommends slurmctld slurmd slurm-client munge; } \
+        >"$STATE/apt.log" 2>&1 || cannot "apt-get could not install SLURM (see $STATE/apt.log)"
+}
+
+port_free() {  # nothing listens on port $1 (TIME_WAIT leftovers of an earlier run are fine)
+    "$BIN/python" - "$1" 2>/dev/null <<'PY'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+PY
+}
+
+up() {
+    [[ $(id -u) == 0 ]] || cannot "needs root (daemons, /etc/slurm/slurm.conf)"
+    mkdir -p "$STATE"
+    down  # leftovers of an earlier run that was killed before its own tear-down
+    [[ ! -e $CONF ]] || cannot "$CONF exists and is not this test's; not touching a configured SLURM"
+    install_slurm
+    for port in "$CTLD_PORT" "$SLURMD_PORT"; do
+        port_free "$port" || cannot "port $port is in use (set FIPA_SLURMCTLD_PORT)"
+    done
+    rm -rf "$STATE/munge" "$STATE/state" "$STATE/spool" "$STATE/log"
+    mkdir -p "$STATE/munge" "$STATE/state" "$STATE/spool" "$STATE/log" /etc/slurm
+    chmod 755 "$STATE" "$STATE/munge"  # munged wants its socket's directory reachable
+
+    # munge: a private key and daemon; slurm.conf points SLURM at its socket
+    mungekey --create --keyfile="$STATE/munge/munge.key" >/dev/null
+    munged --foreground --key-file="$STATE/munge/munge.key" --socket="$STATE/munge/munge.socket" \
+        --pid-file="$STATE/munge/munged.pid" --log-file="$STATE/munge/munged.log" \
+        --seed-file="$STATE/munge/munged.seed" >"$STATE/log/munged.out" 2>&1 9>&- &
+    echo $! >"$STATE/munge/munged.pid"
+    for _ in $(seq 50); do [[ -S $STATE/munge/munge.socket ]] && break; sleep 0.1; done
+    munge -S "$STATE/munge/munge.socket" -n | unmunge -S "$STATE/munge/munge.socket" >/dev/null \
+        || fail "munged did not come up: $(tail -3 "$STATE/log/munged.out")"
+
+    local mem
+    mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+    cat >"$CONF" <<EOF
+$MARK
+# A single-node cluster for the workflow test; removed when the test ends.
+ClusterName=fipatest
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$STATE/munge/munge.socket
+StateSaveLocation=$STATE/state
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+# no accounting database: sacct does not work, job status comes from squeue
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MinJobAge=300
+ReturnToService=2
+# twice the cores: the test's jobs mostly wait on Python start-up, and the failing-job
+# run shares the node with the main run (config_overrides: slurmd reports these values)
+SlurmdParameters=config_overrides
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$((2 * $(nproc))) RealMemory=$mem State=UNKNOWN
+# deliberately no default partition: a run that names none must say so
+PartitionName=$PARTITION Nodes=ALL Default=NO MaxTime=INFINITE State=UP
+EOF
+    slurmctld -D -i >"$STATE/log/slurmctld.out" 2>&1 9>&- &
+    echo $! >"$STATE/slurmctld.pid"
+    slurmd -D -N "$NODE" >"$STATE/log/slurmd.out" 2>&1 9>&- &
+    echo $! >"$STATE/slurmd.pid"
+    local state=""
+    for _ in $(seq 60); do
+        state=$(timeout -s KILL 10 sinfo -h -n "$NODE" -o %T 2>/dev/null || true)
+        [[ $state == idle ]] && break
+        sleep 0.5
+    done
+    [[ $state == idle ]] || fail "node $NODE is '${state:-unknown}', not idle: $(tail -3 "$STATE/log/slurmctld.log")"
+    log "SLURM $(sinfo -V | cut -d' ' -f2) up: node $NODE, $(sinfo -h -o %c) CPUs, partition $PARTITION"
+}
+
+# --- the checks -------------------------------------------------------------------------
+
+PGIDS=()  # process groups of the snakemake runs started here, for the tear-down
+
+start_smk() {  # start_smk OUT LIMIT_S DIR ARGS...: snakemake in its own process group
+    local out=$1 limit=$2 dir=$3
+    shift 3
+    setsid env PATH="$BIN:$PATH" timeout -s KILL "$limit" "$BIN/snakemake" \
+        -s "$ROOT/workflow/Snakefile" --directory "$dir" "$@" >"$out" 2>&1 9>&- &
+    STARTED=$!
+    PGIDS+=("$STARTED")
+}
+
+run_smk() {  # run_smk OUT LIMIT_S DIR ARGS...: start_smk and wait; the exit status in RC
+    start_smk "$@"
+    RC=0
+    wait "$STARTED" || RC=$?
+}
+
+expect_rc() {  # expect_rc WANTED OUT WHAT
+    ((RC == $1)) || { tail -40 "$2"; fail "$3: exit status $RC, expected $1"; }
+}
+
+expect_in() {  # expect_in FILE NEEDLE WHAT
+    grep -qF -- "$2" "$1" || { tail -40 "$1"; fail "$3: '$2' not in $1"; }
+}
+
+slurm_states() {  # squeue's states of one snakemake run's SLURM jobs (named by its run ID)
+    local run_id
+    run_id=$(sed -n 's/^SLURM run ID: //p' "$1" | head -1)
+    [[ -n $run_id ]] || fail "no SLURM run ID in $1"
+    squeue -h -t all --name="$run_id" -o "%T" | sort | uniq -c | xargs
+}
+
+summary_equal() {
+    "$BIN/python" - "$1" "$2" <<'PY'
+import sys
+
+import pandas as pd
+
+a, b = (pd.read_csv(p) for p in sys.argv[1:3])
+drop = ["wall_s", "run_dir"]  # wall time and the path differ by nature
+key = ["task", "partition", "client_method", "aggregator", "seed"]
+a, b = (x.drop(columns=drop).sort_values(key).reset_index(drop=True) for x in (a, b))
+assert len(a) == 6, f"{len(a)} rows, expected 6"
+pd.testing.assert_frame_equal(a, b, check_exact=True)
+print(f"summary.csv: {len(a)} runs x {a.shape[1]} ID and metric columns identical")
+PY
+}
+
+checks() {
+    local work=$STATE/work
+    rm -rf "$work"
+    for d in local slurm fail; do mkdir -p "$work/$d" && cp -r "$ROOT/.test/config" "$work/$d/config"; done
+    local slurm=(--profile "$ROOT/profiles/slurm" --slurm-init-seconds-before-status-checks 1)
+    local local_pid main_pid states n
+
+    # the local reference runs alongside the cluster runs
+    start_smk "$work/local.out" 400 "$work/local" --profile "$ROOT/profiles/local" --cores 2 \
+        results/summary.csv
+    local_pid=$STARTED
+    log "local reference run (profiles/local) started"
+
+    # 1. no partition (this cluster has no default one), then an unknown one
+    unset SBATCH_PARTITION
+    run_smk "$work/no-partition.out" 120 "$work/slurm" "${slurm[@]}"
+    expect_rc 1 "$work/no-partition.out" "run without a partition"
+    expect_in "$work/no-partition.out" "No SLURM partition given for rule(s)" "run without a partition"
+    expect_in "$work/no-partition.out" "export SBATCH_PARTITION=<partition>" "run without a partition"
+    SBATCH_PARTITION=nosuch run_smk "$work/bad-partition.out" 120 "$work/slurm" "${slurm[@]}"
+    expect_rc 1 "$work/bad-partition.out" "run with an unknown partition"
+    expect_in "$work/bad-partition.out" "SLURM partition 'nosuch' of rule(s)" "run with an unknown partition"
+    expect_in "$work/bad-partition.out" "partitions of this cluster: $PARTITION" "run with an unknown partition"
+    [[ -z $(squeue -h -t all) ]] || fail "jobs were submitted although the partition was wrong"
+    [[ ! -e $work/slurm/results ]] || fail "a run without a valid partition started jobs"
+    log "ok: a missing or unknown partition stops the run before any job, naming the fix"
+
+    # 2. the .test workflow on the cluster, up to results/summary.csv, in the background;
+    #    its six training jobs in two groups of three (the profile batches up to eight),
+    #    so that the two group jobs run side by side on this small node
+    export SBATCH_PARTITION=$PARTITION
+    start_smk "$work/slurm.out" 330 "$work/slurm" results/summary.csv "${slurm[@]}" \
+        --group-components train_regression=3
+    main_pid=$STARTED
+    log "SLURM run of the .test workflow started"
+
+    # 3. meanwhile a job that fails on the cluster (fewer samples than clients, which only
+    #    `fipa partition` checks), then the same target after fixing the config
+    local part=results/partitions/regression_1d/domain4/seed0.json
+    sed -i 's/n_train: 128,/n_train: 2,/' "$work/fail/config/config.yaml"
+    grep -q "n_train: 2," "$work/fail/config/config.yaml" || fail "could not break the config"
+    run_smk "$work/fail.out" 150 "$work/fail" "${slurm[@]}" "$part"
+    expect_rc 1 "$work/fail.out" "run with a failing job"
+    expect_in "$work/fail.out" "Error in rule partition" "run with a failing job"
+    expect_in "$work/fail.out" "failed, SLURM status is: 'FAILED'" "run with a failing job"
+    expect_in "$work/fail/results/logs/partition/regression_1d/domain4/seed0.log" \
+        "4 clients but only 2 training samples" "the failed job's log"
+    states=$(slurm_states "$work/fail.out")
+    [[ $states == "1 FAILED" ]] || fail "SLURM jobs of the failing run: '$states', expected 1 FAILED"
+    cp "$ROOT/.test/config/config.yaml" "$work/fail/config/config.yaml"
+    run_smk "$work/fixed.out" 150 "$work/fail" "${slurm[@]}" "$part"
+    expect_rc 0 "$work/fixed.out" "rerun after the fix"
+    [[ -s $work/fail/$part ]] || fail "the rerun after the fix left no $part"
+    states=$(slurm_states "$work/fixed.out")
+    [[ $states == "1 COMPLETED" ]] || fail "SLURM jobs of the rerun: '$states', expected 1 COMPLETED"
+    log "ok: a failing job is reported FAILED, its reason in the rule's log; the rerun after the fix completes"
+
+    # 4. the main run: every non-local job a SLURM job, the six training jobs in two
+    RC=0
+    wait "$main_pid" || RC=$?
+    expect_rc 0 "$work/slurm.out" "SLURM run"
+    # 2 partition + 2 warm-up jobs, 2 groups of 3 training jobs, collect
+    states=$(slurm_states "$work/slurm.out")
+    [[ $states == "7 COMPLETED" ]] || fail "SLURM jobs of the run: '$states', expected 7 COMPLETED"
+    n=$(grep -c "has been submitted with SLURM jobid" "$work/slurm.out" || true)
+    ((n == 7)) || fail "$n SLURM submissions in the run's output, expected 7"
+    n=$(grep "has been submitted with SLURM jobid" "$work/slurm.out" | grep -c "/group_train_regression" || true)
+    ((n == 2)) || fail "$n grouped training submissions, expected 2"
+    n=$(grep -c "^Finished jobid: .* (Rule: train)" "$work/slurm.out" || true)
+    ((n == 6)) || fail "$n training jobs finished, expected 6"
+    if sacct -n >/dev/null 2>&1; then fail "sacct works here, so squeue's status path went untested"; fi
+    log "ok: 7 SLURM jobs COMPLETED, the 6 training jobs in 2 group jobs; status from squeue (no sacct here)"
+
+    # 5. the same numbers as the local run
+    RC=0
+    wait "$local_pid" || RC=$?
+    expect_rc 0 "$work/local.out" "local reference run"
+    summary_equal "$work/slurm/results/summary.csv" "$work/local/results/summary.csv" \
+        || fail "summary.csv of the SLURM run differs from the local one"
+    log "PASS: cluster test finished in $(($(date +%s) - T0)) s"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    for pgid in "${PGIDS[@]}"; do kill -KILL -- "-$pgid" 2>/dev/null || true; done
+    down
+    if ((rc == 0)); then rm -rf "$STATE/work"; else log "state, logs and snakemake output kept in $STATE"; fi
+    exit "$rc"
+}
+
+exec 9>"/tmp/fipa-slurm-test.lock"  # daemons and runs started below close fd 9
+flock -n 9 || cannot "another run of this test holds /tmp/fipa-slurm-test.lock"
+case ${1:-test} in
+    up) up ;;
+    down) down && log "stopped" ;;
+    test)
+        trap cleanup EXIT
+        trap 'exit 143' INT TERM HUP
+        up
+        checks
+        ;;
+    *) echo "usage: $0 [test|up|down]" >&2 && exit 2 ;;
+esac

@@ -1,0 +1,235 @@
+"""The ``vision`` task: data, models, augmentation, missing-data errors, end-to-end runs.
+
+Oracles: scikit-learn's digits arrays, torchvision's own ResNet-18 parameter count,
+hand-computed accuracy and cross-entropy, the padded image for random crops.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.func import functional_call
+
+from fipa import cli
+from fipa.config import ConfigError, parse_run_config
+from fipa.params import ParamLayout
+from fipa.simulate import Simulation, load_warmup, train
+from fipa.tasks.vision import MODELS, Vision, VisionParams
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def digits(**kw) -> Vision:
+    return Vision(VisionParams(**kw), seed=0, dtype=torch.float64)
+
+
+def test_digits_data_split_and_normalization():
+    from sklearn.datasets import load_digits
+
+    task = digits()
+    ref = load_digits()
+    pin = task.partition_input()
+    assert pin.n == 1438 and pin.num_classes == 10 and pin.labels.shape == (1438,)
+    assert len(task.y_test) == 1797 - 1438
+    assert task.x_train.shape == (1438, 1, 8, 8) and task.x_train.dtype == torch.uint8
+    # every training image is one of sklearn's, with its label
+    lookup = {ref.images[i].astype(np.uint8).tobytes(): ref.target[i] for i in range(len(ref.target))}
+    assert all(lookup[x[0].numpy().tobytes()] == y for x, y in zip(task.x_train[:50], task.y_train[:50],
+                                                                    strict=True))
+    z = task.normalize(task.x_train)
+    assert abs(float(z.mean())) < 1e-10 and abs(float(z.std()) - 1) < 1e-3
+    # the split depends on split_seed only, not on the run seed
+    other = Vision(VisionParams(), seed=5, dtype=torch.float64)
+    assert torch.equal(other.y_test, task.y_test)
+    assert not torch.equal(digits(split_seed=1).y_test, task.y_test)
+    assert len(digits(test_subsample=100).y_test) == 100
+    assert len(digits(train_subsample=300).partition_input().labels) == 300
+
+
+def test_model_sizes():
+    p = VisionParams()
+    # digits_cnn on 1x8x8: conv 1*16*9+16, conv 16*32*9+32, fc 128*64+64, fc 64*10+10
+    assert ParamLayout.of(MODELS.get("digits_cnn")(1, 8, 10, p)).numel == 160 + 4640 + 8256 + 650
+    # cnn2 on 3x32x32: 3*32*25+32, 32*64*25+64, 4096*512+512, 512*10+10
+    assert ParamLayout.of(MODELS.get("cnn2")(3, 32, 10, p)).numel == 2432 + 51264 + 2097664 + 5130
+    # CIFAR ResNet-18 = torchvision's with a 3x3 (not 7x7) stem; GroupNorm has BatchNorm's 2C
+    from torchvision.models import resnet18
+
+    tv = sum(q.numel() for q in resnet18(num_classes=10).parameters())
+    ours = MODELS.get("resnet18")(3, 32, 10, p)
+    assert ParamLayout.of(ours).numel == tv - 64 * 3 * 7 * 7 + 64 * 3 * 3 * 3 == 11_173_962
+    assert not list(ours.buffers())
+    bn = MODELS.get("resnet18")(3, 32, 10, VisionParams(norm="batch"))
+    assert not list(bn.buffers())  # batch statistics only: nothing outside the flat vector
+    x = torch.randn(2, 3, 32, 32)
+    for m in (ours, bn, MODELS.get("cnn2")(3, 32, 100, p)):
+        feats, logits = m(x, features=True)
+        assert feats.shape[0] == logits.shape[0] == 2
+        torch.testing.assert_close(m(x), logits)
+
+
+def test_evaluate_matches_hand_computed_accuracy_and_loss():
+    task = digits(test_subsample=200)
+    torch.manual_seed(0)
+    model = task.build_model()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        logits = model(task.normalize(task.x_test))
+    got = task.evaluate(model, params)
+    assert got["test_acc"] == pytest.approx(float((logits.argmax(1) == task.y_test).double().mean()), abs=0)
+    assert got["test_loss"] == pytest.approx(float(F.cross_entropy(logits, task.y_test)), rel=1e-12)
+    out = task.outputs(model, params, task.client_data(np.arange(7)))
+    feats, logits7 = task.features(model, params, task.client_data(np.arange(7)))
+    assert out.shape == (7, 10) and feats.shape == (7, 64)
+    torch.testing.assert_close(out, logits7, rtol=0, atol=0)
+
+
+def test_augmentation_is_a_padded_crop_and_off_by_default():
+    task = digits(augment=True)
+    batch = task.client_data(np.arange(32))
+    gen = torch.Generator().manual_seed(0)
+    aug = task.train_batch(batch, gen)["x"]
+    padded = F.pad(batch["x"], (1, 1, 1, 1))
+    shifted = 0
+    for a, p in zip(aug, padded, strict=True):
+        windows = [p[:, dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(a, w) for w in windows)  # digits: crops only, never flips
+        shifted += not torch.equal(a, windows[4])
+    assert shifted > 10
+    plain, gen2 = digits(), torch.Generator().manual_seed(0)
+    assert plain.train_batch(batch, gen2) is batch
+    assert torch.equal(gen2.get_state(), torch.Generator().manual_seed(0).get_state())
+
+
+def test_missing_cifar_names_the_download_command(tmp_path, capsys):
+    root = tmp_path / "nodata"
+    with pytest.raises(ConfigError, match=rf"`fipa download cifar10 --root {root}`"):
+        Vision(VisionParams(dataset="cifar10", root=str(root), model="cnn2"), seed=0, dtype=torch.float32)
+    cfg = {"task": {"name": "vision", "dataset": "cifar100", "root": str(root), "model": "resnet18"},
+           "partition": {"scheme": "dirichlet", "clients": 4, "alpha": 0.1},
+           "client": {"optimizer": "sgd", "lr": 0.1}, "aggregator": {"name": "fedavg"}, "rounds": 1}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["train", "-c", str(path), "-o", str(tmp_path / "run")]) == 2
+    assert f"`fipa download cifar100 --root {root}`" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # failed before anything was written
+
+
+def test_prepare_tiny_imagenet_tree_and_load(tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    wnids = ["n01", "n02", "n03"]
+    lines = []
+    for k, w in enumerate(wnids):
+        (src / "train" / w / "images").mkdir(parents=True)
+        (src / "train" / w / f"{w}_boxes.txt").write_text("")
+        for i in range(2):
+            img = np.full((64, 64, 3), 40 * k + i, dtype=np.uint8)
+            Image.fromarray(img).save(src / "train" / w / "images" / f"{w}_{i}.png")
+        (src / "val" / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            src / "val" / "images" / f"val_{k}.png")
+        lines.append(f"val_{k}.png\t{w}\t0\t0\t63\t63")
+    (src / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    root = tmp_path / "data"
+    with pytest.raises(ConfigError, match=r"fipa prepare tiny-imagenet PATH"):
+        Vision(VisionParams(dataset="tiny_imagenet", root=str(root), model="cnn2"), 0, torch.float32)
+    assert cli.main(["prepare", "tiny-imagenet", str(src), "--root", str(root)]) == 0
+    task = Vision(VisionParams(dataset="tiny_imagenet", root=str(root), model="cnn2"), 0, torch.float32)
+    assert task.x_train.shape == (6, 3, 64, 64) and task.data.num_classes == 3
+    assert task.y_train.tolist() == [0, 0, 1, 1, 2, 2] and task.y_test.tolist() == [0, 1, 2]
+    assert task.x_train[3, 0, 0, 0] == 41  # class n02, image 1
+    assert task.build_model()(task.normalize(task.x_test)).shape == (3, 3)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def digits_run(**over) -> dict:
+    cfg = {
+        "task": {"name": "vision", "dataset": "digits", "model": "digits_cnn", "train_subsample": 300,
+                 "test_subsample": 100},
+        "partition": {"scheme": "dirichlet", "clients": 4, "alpha": 0.5},
+        "client": {"method": "local", "optimizer": "sgd", "lr": 0.05, "local_steps": 2, "batch_size": 16},
+        "aggregator": {"name": "fipa", "rho": 1e-3, "rank": 4, "curvature_samples": 16},
+        "rounds": 2,
+        "dtype": "float32",
+    }
+    cfg.update(over)
+    return cfg
+
+
+def test_digits_fipa_run_is_deterministic_and_reports_accuracy(tmp_path):
+    a = train(parse_run_config(digits_run()), tmp_path / "a", log=lambda s: None)
+    b = train(parse_run_config(digits_run()), tmp_path / "b", log=lambda s: None)
+    assert a["final"] == b["final"] and a["primary_metric"] == "test_acc"
+    assert 0 <= a["final"]["test_acc"] <= 1 and a["metric_directions"]["test_acc"] == "max"
+    assert (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0].split(",")[:4] == [
+        "round", "train_loss", "test_loss", "test_acc"]
+
+
+def test_export_warmup_then_refine_starts_where_the_warmup_ended(tmp_path, capsys):
+    warm = train(parse_run_config(digits_run(aggregator={"name": "fedavg"})), tmp_path / "warm",
+                 log=lambda s: None)
+    state = tmp_path / "state.pt"
+    assert cli.main(["export-warmup", str(tmp_path / "warm"), "-o", str(state)]) == 0
+    raw = torch.load(state, weights_only=True)
+    ckpt = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(raw["theta"], ckpt["theta"]) and raw["round"] == 2
+    assert torch.equal(load_warmup(str(state), ckpt["theta"]), ckpt["theta"])
+    refine = digits_run(warmup_checkpoint=str(state), rounds=1)
+    train(parse_run_config(refine), tmp_path / "refine", log=lambda s: None)
+    rows = (tmp_path / "refine" / "metrics.csv").read_text().splitlines()
+    first = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))
+    assert float(first["test_acc"]) == warm["final"]["test_acc"]
+    assert float(first["test_loss"]) == warm["final"]["test_loss"]
+
+
+def test_export_warmup_errors(tmp_path, capsys):
+    assert cli.main(["export-warmup", str(tmp_path / "none"), "-o", str(tmp_path / "s.pt")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert cli.main(["export-warmup", str(tmp_path / "bad"), "-o", str(tmp_path / "s.pt")]) == 2
+    assert "corrupt" in capsys.readouterr().err and not (tmp_path / "s.pt").exists()
+
+
+def test_partition_cli_writes_label_figure(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(digits_run()))
+    fig = tmp_path / "labels.png"
+    assert cli.main(["partition", "-c", str(path), "-o", str(tmp_path / "p.json"), "--figure", str(fig)]) == 0
+    stats = json.loads((tmp_path / "p.json").read_text())["stats"]
+    assert len(stats["label_hist"]) == 4 and fig.stat().st_size > 0
+
+
+def test_fedrcl_needs_features_before_training(tmp_path):
+    from tests.helpers import tiny
+
+    cfg = parse_run_config(tiny(client={"method": "fedrcl"}))
+    with pytest.raises(ConfigError, match=r"^client\.method: fedrcl needs .*features"):
+        Simulation.build(cfg)
+
+
+def test_features_functional_call_matches_module():
+    task = digits()
+    torch.manual_seed(1)
+    model = task.build_model()
+    params = {k: v.detach() * 1.5 for k, v in model.named_parameters()}
+    x = task.client_data(np.arange(5))
+    z, out = task.features(model, params, x)
+    ref = functional_call(model.head, {"weight": params["head.weight"], "bias": params["head.bias"]}, (z,))
+    torch.testing.assert_close(out, ref)
