@@ -238,6 +238,10 @@ class FIPAParams(ServerLRParams):
     curvature_samples: int | None = None
     curvature_at: Literal["broadcast", "local"] = "broadcast"
     chunk: int = 1 << 16
+    curvature_method: Literal["exact", "matrix_free", "auto"] = "auto"
+    curvature_fisher: Literal["ggn", "sampled"] = "ggn"
+    oversample: int = 10
+    power_iters: int = 4
 
     def check(self):
         out = super().check()
@@ -249,6 +253,10 @@ class FIPAParams(ServerLRParams):
             out.append(("curvature_samples", "must be >= 1 or null (all samples)"))
         if self.chunk < 1:
             out.append(("chunk", f"must be >= 1, got {self.chunk}"))
+        if self.oversample < 0:
+            out.append(("oversample", f"must be >= 0 extra probe vectors, got {self.oversample}"))
+        if self.power_iters < 0:
+            out.append(("power_iters", f"must be >= 0, got {self.power_iters}"))
         return out
 
 
@@ -267,7 +275,10 @@ class FIPA(Aggregator):
 
     def curvature_request(self):
         p = self.params
-        return CurvatureRequest("lowrank", p.rank, p.curvature_samples, p.curvature_at)
+        return CurvatureRequest(
+            "lowrank", p.rank, p.curvature_samples, p.curvature_at, method=p.curvature_method,
+            fisher=p.curvature_fisher, oversample=p.oversample, power_iters=p.power_iters,
+        )
 
     def step(self, theta, updates, state):
         factors = [u.factor for u in updates]

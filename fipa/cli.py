@@ -21,15 +21,38 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{title}: {', '.join(reg.names())}")
 
 
+def _run_config(args: argparse.Namespace):
+    """The job's RunConfig from ``-c FILE`` or from ``--spec TEXT`` (the workflow passes the
+    spec inline so that Snakemake's params trigger, not a spec file per job, tracks changes)."""
+    from fipa.config import load_run_config, parse_run_config
+
+    if args.spec is None:
+        return load_run_config(args.config)
+    import yaml
+
+    try:
+        raw = yaml.safe_load(args.spec)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at column {where.column + 1}" if where is not None else ""
+        raise ConfigError(f"--spec: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    return parse_run_config(raw, "--spec")
+
+
+def _add_config_args(s: argparse.ArgumentParser, what: str) -> None:
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--config", help=f"run YAML ({what})")
+    src.add_argument("--spec", help="the run YAML's content itself, as one string")
+
+
 def cmd_partition(args: argparse.Namespace) -> None:
     import torch
 
-    from fipa.config import load_run_config
     from fipa.io import write_json
     from fipa.partition import heterogeneity, make_partition
     from fipa.tasks import build_task
 
-    cfg = load_run_config(args.config)
+    cfg = _run_config(args)
     task = build_task(cfg.task.name, cfg.task.params, cfg.seed, getattr(torch, cfg.dtype))
     data = task.partition_input()
     parts = make_partition(data, cfg.partition.name, cfg.clients, cfg.partition.params, cfg.seed)
@@ -53,12 +76,19 @@ def cmd_partition(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from fipa.config import load_run_config
     from fipa.simulate import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_run_config(args.config)
+    cfg = _run_config(args)
+    if args.supersede:
+        moved = supersede_stale_run(Path(args.output), cfg)
+        if moved is not None:
+            print(f"{args.output}: the config changed; the earlier run is kept in {moved}", flush=True)
+    if args.spec is not None:
+        from fipa.io import write_yaml
+
+        write_yaml(Path(args.output) / "run.yaml", cfg.to_dict())
     label = args.label or f"[{cfg.task.name}/{cfg.partition.name}/{cfg.client.method}/" \
         f"{cfg.aggregator.name} seed {cfg.seed}]"
     log = _log_to(args.log) if args.log else (lambda s: None) if args.quiet else _flush_print
@@ -70,6 +100,37 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         status = "DIVERGED" if final["diverged"] else "done"
         print(f"{label} {status}: {final['rounds_completed']} rounds, final {final['final']}")
+
+
+def supersede_stale_run(outdir: Path, cfg) -> Path | None:
+    """Move a checkpointed run of another config into ``outdir/superseded/<time>/``.
+
+    Resuming such a run would mix two configs, and deleting it would lose finished work;
+    returns the new folder, or None when there is nothing stale (no or a matching checkpoint,
+    or an unreadable one, which training then reports).
+    """
+    import shutil
+    import time
+
+    import torch
+
+    from fipa.simulate import CHECKPOINT, fingerprint
+
+    ckpt = outdir / CHECKPOINT
+    if not ckpt.is_file():
+        return None
+    try:
+        stored = torch.load(ckpt, weights_only=True, map_location="cpu").get("fingerprint")
+    except Exception:
+        return None
+    if stored == fingerprint(cfg):
+        return None
+    dest = outdir / "superseded" / time.strftime("%Y%m%dT%H%M%S")
+    dest.mkdir(parents=True)
+    for item in outdir.iterdir():
+        if item.name != "superseded":
+            shutil.move(str(item), dest / item.name)
+    return dest
 
 
 def _flush_print(s: str) -> None:
@@ -153,14 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("partition", help="split a task's training data among clients")
-    s.add_argument("-c", "--config", required=True, help="run YAML (task, partition, seed used)")
+    _add_config_args(s, "task, partition, seed used")
     s.add_argument("-o", "--output", required=True, help="partition JSON to write")
     s.add_argument("--figure", default=None, help="also save a clients x classes label heat map here")
     s.set_defaults(func=cmd_partition)
 
     s = sub.add_parser("train", help="run one job; resumes if OUTPUT holds a checkpoint")
-    s.add_argument("-c", "--config", required=True, help="run YAML")
+    _add_config_args(s, "one job")
     s.add_argument("-o", "--output", required=True, help="run directory")
+    s.add_argument("--supersede", action="store_true",
+                   help="if OUTPUT holds a checkpoint of another config, move it to OUTPUT/superseded/ "
+                        "and start afresh (default: refuse)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--label", default=None, help="prefix of progress lines")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")

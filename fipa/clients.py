@@ -12,7 +12,7 @@ composes with every aggregator (FedAvg, FIPA, ...): the aggregator sees the delt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,13 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from fipa.config import ClientConfig, ConfigError
-from fipa.losses import mean_loss
+from fipa.losses import mean_loss, per_sample_loss
 from fipa.optim import OPTIMIZERS, Optimizer
 from fipa.params import ParamLayout
 from fipa.registry import Registry
 from fipa.tasks.base import Batch, Task
 
 ClientState = dict[str, torch.Tensor]
+# theta [..., P] -> (gradient of the local objective [..., P], task loss [...]): one client
+# ([P]) on the sequential path, a round's clients stacked ([M, P]) on the vectorized one
+GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def minibatches(n: int, cfg: ClientConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -63,10 +66,16 @@ class ClientMethod:
     One round of client m: ``begin_round(server_state)`` once for the round, then per
     client ``train`` = minibatch steps theta <- opt(theta, gradient(theta)) followed by
     ``after_local`` (client-state update), then ``end_round`` once on the server.
-    Subclasses override the hooks, never the loop.
+    Subclasses override the hooks, never the loop. The hooks are written for one client
+    and run unchanged on the vectorized path (fipa/vectorized.py): ``objective`` and
+    ``extra_loss`` under ``vmap`` over the round's clients, ``direction`` on stacked
+    [M, P] tensors, ``after_local`` once per client.
     """
 
     Params: ClassVar[type]
+    # False: the objective couples a minibatch's samples beyond a (masked) mean, so the
+    # padded batches of the vectorized path would change it; such a method trains sequentially
+    vectorizable: ClassVar[bool] = True
 
     def __init__(self, cfg: ClientConfig) -> None:
         self.cfg = cfg
@@ -101,23 +110,45 @@ class ClientMethod:
 
     def objective(
         self, task: Task, model: nn.Module, layout: ParamLayout, flat: torch.Tensor,
-        theta0: torch.Tensor, batch: Batch, state: ClientState,
+        theta0: torch.Tensor, batch: Batch, state: ClientState, mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(local objective, task loss) on one minibatch at ``flat`` [P] (scalars)."""
-        loss = mean_loss(task.loss_kind, task.outputs(model, layout.unflatten(flat), batch),
-                         task.targets(batch))
+        """(local objective, task loss) on one minibatch at ``flat`` [P] (scalars).
+
+        ``mask`` [n] (vectorized path): only the samples where it is 1 count, the rest are
+        padding; the loss is their mean, sum_i mask_i l_i / sum_i mask_i.
+        """
+        out = task.outputs(model, layout.unflatten(flat), batch)
+        if mask is None:
+            loss = mean_loss(task.loss_kind, out, task.targets(batch))
+        else:
+            per = per_sample_loss(task.loss_kind, out, task.targets(batch))  # [n]
+            loss = (per * mask).sum() / mask.sum().clamp_min(1)
         extra = self.extra_loss(flat, theta0, state)
         return (loss if extra is None else loss + extra), loss
+
+    def direction(self, grad_fn: GradFn, theta: torch.Tensor, state: ClientState
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(search direction handed to the optimizer, task loss) at ``theta`` [..., P].
+
+        ``grad_fn`` differentiates the local objective on the current minibatch; shapes are
+        [P] for one client or [M, P] (``state`` likewise) for a round's clients stacked.
+        """
+        return grad_fn(theta)
 
     def gradient(
         self, task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor,
         theta0: torch.Tensor, batch: Batch, state: ClientState,
     ) -> tuple[torch.Tensor, float]:
         """(search direction [P] handed to the optimizer, task loss) at ``theta``."""
-        flat = theta.detach().requires_grad_(True)
-        obj, loss = self.objective(task, model, layout, flat, theta0, batch, state)
-        (grad,) = torch.autograd.grad(obj, flat)
-        return grad, float(loss.detach())
+
+        def grad_fn(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            flat = at.detach().requires_grad_(True)
+            obj, loss = self.objective(task, model, layout, flat, theta0, batch, state)
+            (grad,) = torch.autograd.grad(obj, flat)
+            return grad, loss.detach()
+
+        direction, loss = self.direction(grad_fn, theta, state)
+        return direction, float(loss)
 
     def after_local(self, theta0: torch.Tensor, theta: torch.Tensor, steps: int, state: ClientState) -> None:
         """Update the client's state (in place) once its local steps are done."""
@@ -212,8 +243,8 @@ class Scaffold(ClientMethod):
     def init_server_state(self, theta):
         return {"c": torch.zeros_like(theta)}
 
-    def gradient(self, task, model, layout, theta, theta0, batch, state):
-        grad, loss = super().gradient(task, model, layout, theta, theta0, batch, state)
+    def direction(self, grad_fn, theta, state):
+        grad, loss = grad_fn(theta)
         # drift correction g - c_i + c; exactly g when c = c_i (e.g. both zero at the start)
         return grad + (self.server_state["c"] - state["c"]), loss
 
@@ -303,13 +334,11 @@ class FedSAM(ClientMethod):
 
     Params = FedSAMParams
 
-    def gradient(self, task, model, layout, theta, theta0, batch, state):
-        grad, loss = super().gradient(task, model, layout, theta, theta0, batch, state)
-        # ascent to the worst point of the rho-ball (first-order): w + rho g / ||g||
-        eps = self.params.rho * grad / grad.norm().clamp_min(torch.finfo(grad.dtype).tiny)
-        perturbed = (theta.detach() + eps).requires_grad_(True)
-        obj, _ = self.objective(task, model, layout, perturbed, theta0, batch, state)
-        (sharp,) = torch.autograd.grad(obj, perturbed)
+    def direction(self, grad_fn, theta, state):
+        grad, loss = grad_fn(theta)
+        # ascent to the worst point of the rho-ball (first-order): w + rho g / ||g||, per client
+        norm = grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
+        sharp, _ = grad_fn(theta.detach() + self.params.rho * grad / norm)
         return sharp, loss
 
 
@@ -386,13 +415,16 @@ class FedRCL(ClientMethod):
     """
 
     Params = FedRCLParams
+    vectorizable = False  # the contrastive term couples a minibatch's samples: no padding
 
     def check_task(self, task):
         if not callable(getattr(task, "features", None)) or task.loss_kind != "ce":
             raise ConfigError(f"client.method: fedrcl needs a classification task with penultimate "
                               f"features (vision); {task.describe()} has none")
 
-    def objective(self, task, model, layout, flat, theta0, batch, state):
+    def objective(self, task, model, layout, flat, theta0, batch, state, mask=None):
+        if mask is not None:
+            raise ValueError("fedrcl trains sequentially only (vectorizable = False)")
         if self.params.weight == 0:
             return super().objective(task, model, layout, flat, theta0, batch, state)
         p = self.params

@@ -175,6 +175,9 @@ class RunConfig:
     partition_file: str | None = None
     warmup_checkpoint: str | None = None
     labels: dict[str, str] = field(default_factory=dict)  # grid names for tables; no effect on numbers
+    # local training of a round's clients: "auto" (size rule, fipa/vectorized.py), true
+    # (vectorized wherever the method and task allow), false (one client at a time)
+    vectorize: Any = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         client = as_dict(self.client)
@@ -194,7 +197,7 @@ class RunConfig:
 _TOP_KEYS = {
     "task", "partition", "client", "aggregator", "rounds", "seed", "participation",
     "eval_every", "checkpoint_every", "dtype", "device", "partition_file", "warmup_checkpoint",
-    "labels",
+    "labels", "vectorize",
 }
 _REQUIRED = ("task", "partition", "client", "aggregator", "rounds")
 _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
@@ -256,6 +259,7 @@ _TOP_TYPES = {
     "seed": int, "participation": float, "eval_every": int, "checkpoint_every": int,
     "dtype": typing.Literal["float32", "float64"], "device": str,
     "partition_file": str | None, "warmup_checkpoint": str | None, "labels": dict,
+    "vectorize": typing.Literal["auto", True, False],
 }
 
 
@@ -270,6 +274,8 @@ def _check_top(cfg: RunConfig) -> None:
         raise ConfigError(f"eval_every: must be >= 1, got {cfg.eval_every}")
     if not isinstance(cfg.labels, dict) or not all(isinstance(v, str) for v in cfg.labels.values()):
         raise ConfigError("labels: expected a mapping of names to strings")
+    if cfg.vectorize != "auto" and not isinstance(cfg.vectorize, bool):
+        raise ConfigError(f"vectorize: use auto, true or false, got {cfg.vectorize!r}")
     if cfg.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every: must be >= 1, got {cfg.checkpoint_every}")
     if cfg.device != "cpu" and not (cfg.device == "auto" or cfg.device.startswith("cuda")):

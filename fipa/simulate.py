@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fipa import devices
+from fipa import devices, vectorized
 from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate
 from fipa.clients import CLIENT_METHODS, ClientMethod
 from fipa.config import ConfigError, RunConfig
@@ -31,12 +31,15 @@ from fipa.params import ParamLayout
 from fipa.partition import make_partition
 from fipa.tasks import build_task
 from fipa.tasks.base import Batch, Task
+from fipa.vectorized import choose_path
 
 CHECKPOINT = "checkpoint.pt"
 BASE_COLUMNS = ["round", "train_loss", "test_loss"]
 TAIL_COLUMNS = ["uplink_bytes", "uplink_bytes_total", "diverged", "wall_s"]
 # keys that may change between a run and its resumption without changing its numbers
-_RESUMABLE_KEYS = ("rounds", "device", "eval_every", "checkpoint_every", "labels", "partition_file")
+# (vectorize: the two local-training paths agree up to floating-point rounding)
+_RESUMABLE_KEYS = ("rounds", "device", "eval_every", "checkpoint_every", "labels", "partition_file",
+                   "vectorize")
 
 
 def fingerprint(cfg: RunConfig) -> str:
@@ -129,6 +132,8 @@ class Simulation:
     aggregator: Aggregator
     method: ClientMethod
     device: torch.device
+    vectorized: bool = False  # local training path of every round (fipa/vectorized.py)
+    path_reason: str = "sequential"
 
     @classmethod
     def build(cls, cfg: RunConfig, device: torch.device | None = None) -> Simulation:
@@ -149,7 +154,11 @@ class Simulation:
         data = [{k: v.to(device) for k, v in task.client_data(p).items()} for p in parts]
         torch.manual_seed(derive_seed(cfg.seed, 0x1217))
         model = task.build_model().to(device)
-        return cls(cfg, task, model, ParamLayout.of(model), data, agg, method, device)
+        layout = ParamLayout.of(model)
+        per_round = max(1, round(cfg.participation * len(data))) if len(data) > 1 else 1
+        vec, why = choose_path(cfg.vectorize, method, task, layout.numel,
+                               [next(iter(d.values())).shape[0] for d in data], per_round)
+        return cls(cfg, task, model, layout, data, agg, method, device, vec, why)
 
     def initial_theta(self) -> torch.Tensor:
         theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
@@ -183,6 +192,30 @@ class Simulation:
             update.factor, update.eigvals = curv.get("factor"), curv.get("eigvals")
             update.diag = curv.get("diag")
         return update
+
+    def round_updates(self, theta: torch.Tensor, rnd: int, chosen: list[int],
+                      client_states: dict[str, dict[str, torch.Tensor]]) -> list[ClientUpdate]:
+        """The uploads of round ``rnd``'s clients, one at a time or all at once (vectorized)."""
+        states = [client_states.setdefault(str(m), self.method.init_state(theta)) for m in chosen]
+        if not self.vectorized or len(chosen) < 2:
+            return [self.client_round(theta, rnd, m, st) for m, st in zip(chosen, states, strict=True)]
+        seed = self.cfg.seed
+        datas = [self.data[m] for m in chosen]
+        gens = [torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xC1)) for m in chosen]
+        thetas = vectorized.local_train(self.method, self.task, self.model, self.layout, theta, datas,
+                                        gens, states)  # [M, P]
+        updates = [ClientUpdate(thetas[i] - theta, next(iter(d.values())).shape[0])
+                   for i, d in enumerate(datas)]
+        request = self.aggregator.curvature_request()
+        if request is not None:
+            cgens = [torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xCF)) for m in chosen]
+            at = theta if request.at == "broadcast" else thetas
+            curvs = vectorized.round_curvature(request, self.task, self.model, self.layout, at, datas,
+                                               cgens)
+            for update, curv in zip(updates, curvs, strict=True):
+                update.factor, update.eigvals = curv.get("factor"), curv.get("eigvals")
+                update.diag = curv.get("diag")
+        return updates
 
 
 def load_warmup(path: str, like: torch.Tensor) -> torch.Tensor:
@@ -226,11 +259,8 @@ def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str
         rnd = state.round + 1
         chosen = sample_clients(cfg.seed, rnd, M, cfg.participation) if M > 1 else [0]
         theta = state.theta
-        updates = []
         sim.method.begin_round(state.method_state)
-        for m in chosen:
-            cstate = state.client_states.setdefault(str(m), sim.method.init_state(theta))
-            updates.append(sim.client_round(theta, rnd, m, cstate))
+        updates = sim.round_updates(theta, rnd, chosen, state.client_states)
         theta_new = sim.aggregator.step(theta, updates, state.agg_state)
         theta_new = sim.method.end_round(theta_new, state.method_state, M)  # SCAFFOLD c, FedDyn h
         bytes_ = sum(u.uplink_numbers for u in updates) * theta.element_size()
@@ -294,6 +324,7 @@ def summarize(cfg: RunConfig, sim: Simulation, state: RunState) -> dict[str, Any
         "metric_directions": directions,
         "primary_metric": sim.task.primary_metric,
         "num_params": sim.layout.numel,
+        "local_training": {"vectorized": sim.vectorized, "rule": sim.path_reason},
         "uplink_bytes_total": state.uplink_total,
         "wall_s": round(state.wall_s, 3),
         "config": cfg.to_dict(),

@@ -103,6 +103,89 @@ def test_checkpoint_of_another_config_is_refused(tmp_path, capsys):
     assert code == 2 and "different config" in err
 
 
+def test_changed_spec_supersedes_the_old_run_and_keeps_it(tmp_path, capsys):
+    """The workflow's path: config inline with --spec; a changed config starts afresh and the
+    earlier run's files move to superseded/ byte for byte."""
+    import json
+
+    out = tmp_path / "out"
+    assert main(["train", "--spec", json.dumps(tiny()), "-o", str(out), "-q"]) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = yaml.safe_load((out / "run.yaml").read_text())["aggregator"]  # resolved: defaults filled
+    assert tiny()["aggregator"].items() <= written.items()
+    assert main(["train", "--spec", json.dumps(tiny(aggregator={"rho": 0.5})), "-o", str(out),
+                 "-q", "--supersede"]) == 0
+    (kept,) = (out / "superseded").iterdir()
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == old
+    assert yaml.safe_load((out / "run.yaml").read_text())["aggregator"]["rho"] == 0.5
+    assert json.loads((out / "final.json").read_text())["rounds_completed"] == tiny()["rounds"]
+    capsys.readouterr()
+
+
+def test_bad_inline_spec_is_one_line(tmp_path, capsys):
+    code = main(["train", "--spec", "{task: [", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--spec: not valid YAML" in err
+
+
 def test_missing_config_file(tmp_path, capsys):
     code = main(["train", "-c", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o")])
     assert code == 2 and "config file not found" in capsys.readouterr().err
+
+
+def _schema_enum(schema: dict, *path: str) -> list[str]:
+    node = schema
+    for key in path:
+        node = node[key]
+    return sorted(node["enum"])
+
+
+def test_schema_enums_list_every_registered_name():
+    """The workflow schema rejects names before any job starts, so it must know every entry."""
+    from pathlib import Path
+
+    from fipa.aggregators import AGGREGATORS
+    from fipa.clients import CLIENT_METHODS
+    from fipa.partition import SCHEMES
+    from fipa.tasks.base import TASKS
+
+    schema = yaml.safe_load(Path("workflow/schemas/config.schema.yaml").read_text())
+    props = schema["properties"]
+    task = props["tasks"]["additionalProperties"]["properties"]
+    assert _schema_enum(props, "aggregators", "additionalProperties", "properties", "name") == sorted(
+        AGGREGATORS.names()
+    )
+    assert _schema_enum(props, "client_methods", "additionalProperties", "properties", "method") == sorted(
+        CLIENT_METHODS.names()
+    )
+    assert _schema_enum(task, "task", "properties", "name") == sorted(TASKS.names())
+    assert _schema_enum(task, "partitions", "additionalProperties", "properties", "scheme") == sorted(
+        SCHEMES.names()
+    )
+
+
+@pytest.mark.parametrize(
+    "configfile", ["config/config.yaml", "config/paper.yaml", ".test/config/config.yaml"]
+)
+def test_every_cell_of_shipped_configs_is_a_valid_run(configfile, tmp_path):
+    """Each training and warm-up job of a shipped config passes `fipa train`'s key checks,
+    so a typo in paper.yaml fails here, not hours into a cluster run."""
+    from pathlib import Path
+
+    from snakemake.utils import validate
+
+    from fipa import grid
+
+    config = yaml.safe_load(Path(configfile).read_text())
+    validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
+    part, warm = tmp_path / "partition.json", tmp_path / "warm.pt"
+    part.touch()
+    warm.touch()  # existence is checked here; content when training starts
+    cells = grid.cells(config)
+    assert cells
+    for cell in cells:
+        spec = grid.run_spec(config, cell, str(part), str(warm))
+        parse_run_config(spec, source=f"{configfile}: {cell.run_id}")
+    for task, partition in {(c.task, c.partition) for c in cells}:
+        if "warmup" in config["tasks"][task]:
+            parse_run_config(grid.warmup_spec(config, task, partition, 0, str(part)))

@@ -70,9 +70,64 @@ def test_data_rows_are_sqrt_weighted(tmp_path):
     assert r[b["kind"] == 0].abs().max() == 0
 
 
+def test_residual_scale_divides_pde_rows_and_keeps_the_exact_solution_a_zero(tmp_path):
+    k0 = 4 * math.pi
+    plain = make_task("helmholtz2d", tmp_path)
+    scaled = make_task("helmholtz2d", tmp_path, residual_scale=k0**2, bc_weight=4.0)
+    b = full_batch(scaled)
+    exact = scaled.problem.exact
+    r = residual_rows(scaled.problem, b["x"], b["kind"], b["g"], derivative_rows(exact, b["x"]),
+                      scaled.sqrt_w, scaled.params.residual_scale)
+    assert r.abs().max() < 1e-13  # O(1) rows now: the k0^2 factor of the tolerance above is gone
+    # a perturbed u: PDE rows shrink by exactly k0^2, data rows are untouched
+    jet = derivative_rows(lambda y: exact(y) + 0.01 * y[..., 0] ** 3, b["x"])
+    r0 = residual_rows(plain.problem, b["x"], b["kind"], b["g"], jet, (2.0, 1.0))
+    r1 = residual_rows(scaled.problem, b["x"], b["kind"], b["g"], jet, (2.0, 1.0), k0**2)
+    pde_rows = b["kind"] == 0
+    torch.testing.assert_close(r1[pde_rows], r0[pde_rows] / k0**2, rtol=1e-14, atol=0)
+    torch.testing.assert_close(r1[~pde_rows], r0[~pde_rows], rtol=0, atol=0)
+    assert r0[pde_rows].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("problem", ["helmholtz2d", "burgers", "heat1d"])
+def test_hard_bc_vanishes_exactly_on_the_boundary_and_drops_bc_rows(problem, tmp_path):
+    task = make_task(problem, tmp_path, hard_bc=True, input_scale=3.0)
+    assert 1 not in set(task.kind_train.tolist())  # no boundary rows left
+    assert (2 in set(task.kind_train.tolist())) == (task.problem.time is not None)  # IC rows stay
+    torch.manual_seed(0)
+    model = task.build_model()
+    params = dict(model.named_parameters())
+    # points on every face of the spatial box, at random positions along the other axes
+    gen = torch.Generator().manual_seed(0)
+    bounds = torch.tensor(task.problem.bounds, dtype=torch.float64)
+    faces = []
+    for j in range(len(task.problem.space)):
+        for side in (0, 1):
+            x = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * torch.rand(50, len(bounds), generator=gen,
+                                                                         dtype=torch.float64)
+            x[:, j] = bounds[j, side]
+            faces.append(x)
+    x = torch.cat(faces)
+    assert torch.equal(task.predict(model, params, x), torch.zeros(len(x), dtype=torch.float64))
+    u, du, _ = fnn_jet(model, params, x, task.params.activation)
+    assert torch.equal(u, torch.zeros_like(u))
+    # the network itself is not zero there: the bubble factor does the work
+    inside = task.predict(model, params, task.x_train)
+    assert inside.abs().max() > 1e-3
+    # and the tangential derivative vanishes on a face (u = 0 all along it)
+    assert du[:50, 1:].abs().max() < 1e-15
+
+
+def test_hard_bc_needs_zero_dirichlet_data(tmp_path):
+    with pytest.raises(ConfigError, match="task.hard_bc: poisson1d has nonzero Dirichlet data"):
+        make_task("poisson1d", tmp_path, hard_bc=True)
+
+
 @pytest.mark.parametrize("activation", ACTIVATION_JETS.names())
-def test_network_jet_matches_torch_func_derivatives(activation, tmp_path):
-    task = make_task("helmholtz2d", tmp_path, activation=activation, hidden=[7, 5])
+@pytest.mark.parametrize("hard_bc", [False, True])
+def test_network_jet_matches_torch_func_derivatives(activation, hard_bc, tmp_path):
+    task = make_task("helmholtz2d", tmp_path, activation=activation, hidden=[7, 5], hard_bc=hard_bc,
+                     input_scale=2.5 if hard_bc else 1.0)
     torch.manual_seed(1)
     model = task.build_model()
     params = dict(model.named_parameters())
@@ -201,7 +256,7 @@ def dense_gauss_newton(task, model, batch) -> torch.Tensor:
         if ki == 0:
             (du,) = torch.autograd.grad(u, x, create_graph=True)
             hess = torch.stack([torch.autograd.grad(du[j], x, create_graph=True)[0] for j in range(len(x))])
-            r = task.problem.residual(x, u, du, hess)
+            r = task.problem.residual(x, u, du, hess) / task.params.residual_scale
         else:
             r = sw[ki] * (u - gi)
         grads = torch.autograd.grad(r, params, allow_unused=True, materialize_grads=True)
@@ -210,10 +265,14 @@ def dense_gauss_newton(task, model, batch) -> torch.Tensor:
     return J.T @ J / len(rows)
 
 
-@pytest.mark.parametrize("problem", ["poisson1d", "burgers", "helmholtz2d"])
-def test_residual_ggn_equals_dense_gauss_newton(problem, tmp_path):
+@pytest.mark.parametrize(("problem", "over"), [
+    ("poisson1d", {}), ("burgers", {}), ("helmholtz2d", {}),
+    ("helmholtz2d", {"hard_bc": True, "residual_scale": 50.0, "input_scale": 2.0, "activation": "sin"}),
+    ("burgers", {"hard_bc": True, "input_scale": 1.5}),
+])
+def test_residual_ggn_equals_dense_gauss_newton(problem, over, tmp_path):
     task = make_task(problem, tmp_path, n_domain=9, n_boundary=4, n_initial=5, hidden=[5, 4],
-                     bc_weight=4.0, ic_weight=2.5)
+                     bc_weight=4.0, ic_weight=2.5, **over)
     torch.manual_seed(3)
     model = task.build_model()
     layout = ParamLayout.of(model)

@@ -21,13 +21,7 @@ from fipa.params import ParamLayout
 from fipa.simulate import Simulation, load_warmup, train
 from fipa.tasks.vision import MODELS, Vision, VisionParams
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits(**kw) -> Vision:

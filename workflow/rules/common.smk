@@ -1,5 +1,6 @@
 # Grid expansion and path helpers shared by the rules (logic lives in fipa.grid).
 
+import json
 import os
 
 import fipa.grid as grid
@@ -53,6 +54,12 @@ def warmup_spec(w):
     spec = grid.warmup_spec(config, w.task, w.partition, int(w.seed), part_file(w))
     spec.setdefault("device", config["device"])
     return spec
+
+
+def spec_text(spec):
+    """A job's run config as one JSON line: passed to `fipa --spec` and tracked by Snakemake's
+    params trigger, so a changed config entry reruns exactly the jobs it touches."""
+    return json.dumps(spec, sort_keys=True)
 
 
 def all_final_files():

@@ -1,34 +1,5 @@
-rule run_spec:
-    output:
-        f"{RUN_DIR}/run.yaml",
-    log:
-        "results/logs/run_spec/{task}/{partition}/{method}/{aggregator}/seed{seed}.log",
-    params:
-        spec=run_spec,
-    localrule: True
-    conda:
-        CONDA_ENV
-    run:
-        grid.write_spec(output[0], params.spec)
-
-
-rule warmup_spec:
-    output:
-        "results/warmup/{task}/{partition}/seed{seed}/run/run.yaml",
-    log:
-        "results/logs/warmup_spec/{task}/{partition}/seed{seed}.log",
-    params:
-        spec=warmup_spec,
-    localrule: True
-    conda:
-        CONDA_ENV
-    run:
-        grid.write_spec(output[0], params.spec)
-
-
 rule warmup:
     input:
-        spec="results/warmup/{task}/{partition}/seed{seed}/run/run.yaml",
         partition=PART_FILE,
     output:
         "results/warmup/{task}/{partition}/seed{seed}/state.pt",
@@ -42,17 +13,18 @@ rule warmup:
         runtime=train_runtime,
         **train_resources(),
     params:
-        rundir=lambda w, input: os.path.dirname(input.spec),
+        spec=lambda w: spec_text(warmup_spec(w)),
+        rundir="results/warmup/{task}/{partition}/seed{seed}/run",
     conda:
         CONDA_ENV
     shell:
-        "fipa train -c {input.spec} -o {params.rundir} --threads {threads} --log {log} -q 2>> {log}"
+        "fipa train --spec {params.spec:q} -o {params.rundir} --supersede --threads {threads} --log {log} -q"
+        " 2>> {log}"
         " && fipa export-warmup {params.rundir} -o {output} >> {log} 2>&1"
 
 
 rule train:
     input:
-        spec=f"{RUN_DIR}/run.yaml",
         partition=PART_FILE,
         warmup=warmup_input,
     output:
@@ -70,11 +42,12 @@ rule train:
         runtime=train_runtime,
         **train_resources(),
     params:
+        spec=lambda w: spec_text(run_spec(w)),
         outdir=output_dir,
         total=len(CELLS),
         label=lambda w: f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}",
     conda:
         CONDA_ENV
     shell:
-        "fipa train -c {input.spec} -o {params.outdir} --threads {threads} --log {log}"
+        "fipa train --spec {params.spec:q} -o {params.outdir} --supersede --threads {threads} --log {log}"
         " --label {params.label} --grid-total {params.total} --grid-root results/runs 2>> {log}"

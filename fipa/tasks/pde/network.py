@@ -65,23 +65,27 @@ def _gelu(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class UnitBox(nn.Module):
-    """Affine map of the domain box onto [-1, 1]^d: [n, d] -> [n, d] (a DeepXDE feature transform).
+    """Affine map of the domain box onto [-c, c]^d: [n, d] -> [n, d] (a DeepXDE feature transform).
 
+    s(x) = c (2 (x - lo) / (hi - lo) - 1); c = 1 by default. A larger c measures the inputs
+    in units of a shorter length scale (c = k0 (hi - lo) / 2 gives the nondimensional k0 x
+    of a wave problem), so that O(1) initial weights already span the solution's frequencies.
     Kept as a module (buffers lo, hi) so that ``.to(dtype/device)`` moves it with the network.
     """
 
-    def __init__(self, bounds: list[tuple[float, float]]) -> None:
+    def __init__(self, bounds: list[tuple[float, float]], scale: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("lo", torch.tensor([b[0] for b in bounds], dtype=torch.float64))
         self.register_buffer("hi", torch.tensor([b[1] for b in bounds], dtype=torch.float64))
+        self.scale = float(scale)
 
     @property
     def slope(self) -> Tensor:
         """d s_j / d x_j: [d]."""
-        return 2 / (self.hi - self.lo)
+        return 2 * self.scale / (self.hi - self.lo)
 
     def forward(self, x: Tensor) -> Tensor:
-        return 2 * (x - self.lo) / (self.hi - self.lo) - 1
+        return self.scale * (2 * (x - self.lo) / (self.hi - self.lo) - 1)
 
 
 class HardDirichlet(nn.Module):

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from fipa.partition import PartitionInput
 from fipa.tasks.base import TASKS, Batch, Task
-from fipa.tasks.pde.network import ACTIVATION_JETS, UnitBox, fnn_jet
+from fipa.tasks.pde.network import ACTIVATION_JETS, HardDirichlet, UnitBox, fnn_jet
 from fipa.tasks.pde.problems import PROBLEMS, Problem, dde, residual_rows
 
 SAMPLINGS = ("uniform", "pseudo", "LHS", "Halton", "Hammersley", "Sobol")
@@ -26,8 +26,13 @@ class PDEParams:
     """A PINN on ``problem``: collocation, boundary and initial points, network, test grid.
 
     Loss = mean over all points of r^2 (see Problem); bc_weight / ic_weight multiply the
-    squared data residuals. ``sampling`` is a DeepXDE sampler name or "uniform" (a grid).
-    ``test_points`` is per axis (a 2-D problem is tested on test_points^2 points).
+    squared data residuals, and the PDE residual is divided by ``residual_scale`` (e.g.
+    k0^2 = 157.9 for helmholtz2d, making its rows O(1)). ``hard_bc`` builds u = B(x) N(x)
+    with a bubble B vanishing on the spatial boundary (network.HardDirichlet), for problems
+    with zero Dirichlet data; the boundary rows are then dropped (``n_boundary`` unused).
+    ``input_scale`` c maps the domain box onto [-c, c]^d before the first layer (UnitBox).
+    ``sampling`` is a DeepXDE sampler name or "uniform" (a grid). ``test_points`` is per
+    axis (a 2-D problem is tested on test_points^2 points).
     """
 
     problem: str = "poisson1d"
@@ -36,6 +41,9 @@ class PDEParams:
     n_initial: int = 64  # evolution problems only
     bc_weight: float = 1.0
     ic_weight: float = 1.0
+    residual_scale: float = 1.0
+    input_scale: float = 1.0
+    hard_bc: bool = False
     hidden: list[int] = field(default_factory=lambda: [32, 32, 32])
     activation: str = "tanh"
     initializer: str = "Glorot normal"
@@ -56,9 +64,12 @@ class PDEParams:
         elif (self.problem in PROBLEMS and PROBLEMS.get(self.problem).time is not None
               and self.n_initial < 1):
             out.append(("n_initial", f"{self.problem} is an evolution problem: needs >= 1 initial point"))
-        for key in ("bc_weight", "ic_weight"):
+        for key in ("bc_weight", "ic_weight", "residual_scale", "input_scale"):
             if getattr(self, key) <= 0:
                 out.append((key, f"must be > 0, got {getattr(self, key)}"))
+        if self.hard_bc and self.problem in PROBLEMS and not PROBLEMS.get(self.problem).zero_boundary:
+            out.append(("hard_bc", f"{self.problem} has nonzero Dirichlet data; the hard constraint "
+                        "u = B(x) N(x) needs g = 0 (helmholtz2d, heat1d, burgers): set hard_bc: false"))
         if not self.hidden or any(h < 1 for h in self.hidden):
             out.append(("hidden", f"needs at least one layer, widths >= 1; got {self.hidden}"))
         if self.activation not in ACTIVATION_JETS:
@@ -131,8 +142,10 @@ def training_points(problem: Problem, p: PDEParams, seed: int) -> tuple[np.ndarr
     geom = problem.geometry()
     with dde_sampling(seed):
         interior = sample_interior(geom, p.n_domain, p.sampling)
-        candidates = [(KIND_BOUNDARY, sample_boundary(geom, p.n_boundary, p.sampling),
-                       dde.icbc.DirichletBC(geom, _numpy_field(problem.boundary), lambda _, on: on))]
+        candidates = []
+        if not p.hard_bc:  # a hard constraint satisfies the boundary data exactly: no rows
+            candidates.append((KIND_BOUNDARY, sample_boundary(geom, p.n_boundary, p.sampling),
+                               dde.icbc.DirichletBC(geom, _numpy_field(problem.boundary), lambda _, on: on)))
         if problem.time is not None:
             candidates.append((KIND_INITIAL, sample_initial(geom, p.n_initial, p.sampling),
                                dde.icbc.IC(geom, _numpy_field(problem.initial), lambda _, on: on)))
@@ -192,13 +205,16 @@ class PINN(Task):
         d = len(self.problem.bounds)
         with dde_sampling(0):  # float64 layers from the start; torch's RNG draws the weights
             net = dde.nn.FNN([d, *p.hidden, 1], p.activation, p.initializer)
-        net.apply_feature_transform(UnitBox(self.problem.bounds))
+        net.apply_feature_transform(UnitBox(self.problem.bounds, p.input_scale))
+        if p.hard_bc:
+            net.apply_output_transform(HardDirichlet(list(self.problem.space)))
         return net.to(self.dtype)
 
     def outputs(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """Residuals [n, 1]; functional in ``params`` and vmap-safe (plain tensor ops)."""
         jet = fnn_jet(model, params, batch["x"], self.params.activation)
-        return residual_rows(self.problem, batch["x"], batch["kind"], batch["g"], jet, self.sqrt_w)[:, None]
+        return residual_rows(self.problem, batch["x"], batch["kind"], batch["g"], jet, self.sqrt_w,
+                             self.params.residual_scale)[:, None]
 
     def targets(self, batch: Batch) -> torch.Tensor:
         return torch.zeros(batch["x"].shape[0], 1, dtype=batch["x"].dtype, device=batch["x"].device)
