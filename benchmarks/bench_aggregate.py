@@ -24,32 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from procmem import proc_status_kib, reset_peak_rss  # benchmarks/ is on sys.path when run as a script
+
 DEFAULT_SIZES = (1e5, 1e6, 1.1e7)
 TIME_RATIO_TARGET = 15.0
 MEMORY_RATIO_TARGET = 1.5
 LARGE_P = 2_000_000  # above this, use --large-repeats
-
-
-# ----------------------------------------------------------------------------- /proc memory
-
-
-def proc_status_kib(field: str) -> int:
-    """A ``Vm*`` field of /proc/self/status in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- worker

@@ -122,7 +122,7 @@ class ClientMethod:
             loss = mean_loss(task.loss_kind, out, task.targets(batch))
         else:
             per = per_sample_loss(task.loss_kind, out, task.targets(batch))  # [n]
-            loss = (per * mask).sum() / mask.sum().clamp_min(1)
+            loss = (per * mask).sum() / mask.sum()
         extra = self.extra_loss(flat, theta0, state)
         return (loss if extra is None else loss + extra), loss
 

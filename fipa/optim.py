@@ -33,24 +33,6 @@ class Optimizer:
     def step(self, theta: torch.Tensor, grad: torch.Tensor, state: OptState) -> None:
         raise NotImplementedError
 
-    def step_rows(self, theta: torch.Tensor, grad: torch.Tensor, state: OptState,
-                  active: torch.Tensor) -> None:
-        """One step of the rows of theta [M, P] where ``active`` [M] (bool) is True.
-
-        The other rows, and their rows of the state, keep their values bit for bit (clients
-        whose local steps are done). The step counter is shared: it counts the steps of the
-        active rows, which is exact while a row, once idle, stays idle.
-        """
-        if bool(active.all()):
-            self.step(theta, grad, state)
-            return
-        idle = ~active
-        rows = [theta, *(v for v in state.values() if v.dim() and v.shape[0] == theta.shape[0])]
-        saved = [r[idle] for r in rows]  # advanced indexing copies
-        self.step(theta, grad, state)
-        for r, old in zip(rows, saved, strict=True):
-            r[idle] = old
-
 
 OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
 

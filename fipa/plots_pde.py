@@ -201,6 +201,10 @@ def _map_figure(plt, sols, first, edges, names):
                vmin=0, vmax=9)
     ax.set_xlim(extent[:2])
     ax.set_ylim(extent[2:])
+    for m in np.unique(first.owner):  # client id at the centroid of its points
+        c = first.coords[first.owner == m].mean(0)
+        ax.text(c[0], c[1], str(m), ha="center", va="center", fontsize=11, weight="bold",
+                bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})
     ax.set_title(f"training points of {first.cfg.clients} clients")
     for j, (label, s) in enumerate(sols.items(), start=1):
         im = axs[0, j].imshow(s.u_pred.T, cmap="RdBu_r", vmin=-umax, vmax=umax, **kw)

@@ -11,7 +11,7 @@ and masking, never by truncation:
     generator, drawn in the same order)  ->  padded to [B], mask w_{m,t} [B] in {0, 1};
     F_m = sum_i w_i l_i / sum_i w_i + extra_m;
     client m steps while t < T_m (its own step count); afterwards its row of theta and
-    of the optimizer state is left untouched (``Optimizer.step_rows``).
+    of the optimizer state is left untouched (clients sorted by T_m: a shrinking prefix).
 
 The sequential path (``ClientMethod.train``) stays the reference; :func:`choose_path` is
 the size rule that picks between the two.
@@ -112,16 +112,21 @@ def choose_path(setting: Any, method: ClientMethod, task: Task, num_params: int,
 
 
 def _stacked_grad_fn(objective, batch: Batch, weights: torch.Tensor, state: ClientState):
-    """grad_fn for ``ClientMethod.direction``: theta [M, P] -> (gradients [M, P], losses [M])."""
+    """grad_fn for ``ClientMethod.direction``: theta [K, P] -> (gradients [K, P], losses [K])."""
 
     def grad_fn(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = at.detach().requires_grad_(True)
-        obj, loss = objective(flat, batch, weights, state)  # [M] each
+        obj, loss = objective(flat, batch, weights, state)  # [K] each
         # rows are independent: d (sum_m F_m) / d theta_m = grad F_m(theta_m)
         (grad,) = torch.autograd.grad(obj.sum(), flat)
         return grad, loss.detach()
 
     return grad_fn
+
+
+def _rows(d: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """The first k rows of every stacked tensor of ``d`` (views); 0-d tensors are shared."""
+    return {key: v[:k] if v.dim() else v for key, v in d.items()}
 
 
 def local_train(
@@ -132,22 +137,27 @@ def local_train(
 
     Equals M calls of ``method.train`` up to floating-point rounding: the same batches,
     objective, direction and optimizer; ``after_local`` updates each client's ``states[m]``
-    in the order of the list, as the sequential loop does.
+    in the order of the list, as the sequential loop does. Clients are stacked in
+    decreasing order of their step counts T_m, so the clients still training at step t
+    are the first K_t rows: the step works on views of those rows (buckets shrinking with
+    t, no arithmetic for finished clients), and the rest keep their values bit for bit.
     """
     cfg = method.cfg
     M, P, device = len(datas), theta0.numel(), theta0.device
     plans = [batch_plan(num_samples(d), cfg, g) for d, g in zip(datas, gens, strict=True)]
-    steps = [p.shape[0] for p in plans]
-    T, B = max(steps), max(p.shape[1] for p in plans)
+    order = sorted(range(M), key=lambda m: -plans[m].shape[0])  # stable: ties keep list order
+    plans = [plans[m] for m in order]
+    steps = [p.shape[0] for p in plans]  # non-increasing
+    T, B = steps[0], max(p.shape[1] for p in plans)
     idx = torch.full((M, T, B), -1, dtype=torch.long)
-    for m, p in enumerate(plans):
-        idx[m, : p.shape[0], : p.shape[1]] = p
+    for i, p in enumerate(plans):
+        idx[i, : p.shape[0], : p.shape[1]] = p
     weights = (idx >= 0).to(device=device, dtype=theta0.dtype)  # [M, T, B]: 1 real, 0 padding
     idx = idx.clamp_min(0).to(device)
-    active = (torch.arange(T)[None, :] < torch.tensor(steps)[:, None]).to(device)  # [M, T]
-    data = stack_padded(datas)  # [M, N, ...]
+    training = [sum(s > t for s in steps) for t in range(T)]  # K_t, clients still training
+    data = stack_padded([datas[m] for m in order])  # [M, N, ...]
     rows = torch.arange(M, device=device)[:, None, None]
-    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]} if states[0] else {}
+    stacked = {k: torch.stack([states[m][k] for m in order]) for k in states[0]}  # [M, P] each
 
     def client_objective(flat, batch, w, state):
         return method.objective(task, model, layout, flat, theta0, batch, state, mask=w)
@@ -162,13 +172,17 @@ def local_train(
         # minibatches of steps t0 .. t0 + chunk for every client: [M, chunk, B, ...]
         gathered = {k: v[rows, idx[:, t0 : t0 + chunk]] for k, v in data.items()}
         for t in range(t0, min(T, t0 + chunk)):
-            batch = {k: v[:, t - t0] for k, v in gathered.items()}
-            grad_fn = _stacked_grad_fn(objective, batch, weights[:, t], stacked)
-            direction, _ = method.direction(grad_fn, theta, stacked)
-            opt.step_rows(theta, direction, opt_state, active[:, t])
+            K = training[t]
+            batch = {k: v[:K, t - t0] for k, v in gathered.items()}
+            state = _rows(stacked, K)
+            grad_fn = _stacked_grad_fn(objective, batch, weights[:K, t], state)
+            direction, _ = method.direction(grad_fn, theta[:K], state)
+            opt.step(theta[:K], direction, _rows(opt_state, K))  # in place on the first K rows
+    out = torch.empty_like(theta)
+    out[order] = theta
     for m in range(M):
-        method.after_local(theta0, theta[m], steps[m], states[m])
-    return theta
+        method.after_local(theta0, out[m], steps[order.index(m)], states[m])
+    return out
 
 
 # ----------------------------------------------------------------------------- curvature

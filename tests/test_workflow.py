@@ -71,6 +71,22 @@ def test_second_invocation_has_nothing_to_do(finished):
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
+def test_changed_entry_reruns_exactly_its_jobs(finished, tmp_path):
+    """Run configs travel as params: a new rho for fipa reruns the fipa cells only, not the
+    warm-ups, partitions or the other aggregators."""
+    cfg = yaml.safe_load((finished / "config" / "config.yaml").read_text())
+    cfg["aggregators"]["fipa"]["rho"] = 1.0e-3
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    res = snakemake(finished, "-n", "--configfile", str(edited))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    jobs = [line.split("wildcards:")[1].strip() for line in out.splitlines() if "wildcards:" in line]
+    assert sorted(jobs) == [
+        f"task=regression_1d, partition=domain4, method=local, aggregator=fipa, seed={s}" for s in (0, 1)
+    ]
+
+
 def test_lint_is_clean():
     res = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "--lint",
                           "--configfile", str(ROOT / ".test/config/config.yaml")],
