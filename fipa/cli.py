@@ -102,6 +102,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{label} {status}: {final['rounds_completed']} rounds, final {final['final']}")
 
 
+def cmd_train_batch(args: argparse.Namespace) -> None:
+    """Several cells in one process (fipa/batch.py): start-up paid once for the batch."""
+    import torch
+
+    from fipa.batch import Cell, load_manifest, run_cells
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cells = load_manifest(args.manifest) if args.manifest else []
+    cells += [Cell(config=c, output=o) for c, o in args.cell or []]
+    if not cells:
+        raise ConfigError("train-batch: give a manifest file or at least one --cell CONFIG OUTDIR")
+
+    def make_log(cell):
+        return _log_to(cell.log) if cell.log else (lambda s: None) if args.quiet else _flush_print
+
+    failed = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print)
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
+
+
 def supersede_stale_run(outdir: Path, cfg) -> Path | None:
     """Move a checkpointed run of another config into ``outdir/superseded/<time>/``.
 
@@ -233,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jobs in the whole grid: print one status line with an estimate of what remains")
     s.add_argument("--grid-root", default="results/runs", help="where the grid's run directories live")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("train-batch", help="run several jobs (grid cells) in one process, each with its "
+                       "own run directory, log and benchmark record")
+    s.add_argument("manifest", nargs="?", default=None,
+                   help="YAML list of cells {config|spec, output, benchmark, log, label} (fipa/batch.py)")
+    s.add_argument("--cell", nargs=2, action="append", metavar=("CONFIG", "OUTDIR"),
+                   help="one more cell: its run YAML and run directory (repeatable)")
+    s.add_argument("--supersede", action="store_true", help="as for train, per cell")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
+    s.set_defaults(func=cmd_train_batch)
 
     s = sub.add_parser("collect", help="all run dirs -> summary.csv")
     s.add_argument("runs", nargs="*", default=["results/runs"],

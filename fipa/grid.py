@@ -10,7 +10,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-TASK_RUN_KEYS = ("rounds", "eval_every", "checkpoint_every", "participation", "dtype", "device")
+TASK_RUN_KEYS = ("rounds", "eval_every", "checkpoint_every", "participation", "dtype", "device",
+                 "vectorize")
 
 
 @dataclass(frozen=True)

@@ -43,15 +43,22 @@ class RunSolution:
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
-    """The run's resolved config: final.json's ``config``, else the run.yaml it was started from."""
+    """The run's resolved config: final.json's ``config``, else the run.yaml it was started from.
+
+    Paths to the partition file and warm-up checkpoint are dropped: they may be relative to
+    another working directory, and neither is needed (the split is rebuilt from scheme, seed
+    and points exactly as ``fipa partition`` made it; the parameters come from the checkpoint).
+    """
     run_dir = Path(run_dir)
-    final = run_dir / "final.json"
+    final, spec = run_dir / "final.json", run_dir / "run.yaml"
     if final.is_file():
-        return parse_run_config(json.loads(final.read_text())["config"], source=str(final))
-    spec = run_dir / "run.yaml"
-    if spec.is_file():
-        return parse_run_config(read_yaml(spec), source=str(spec))
-    raise FileNotFoundError(f"{run_dir}: neither final.json nor run.yaml; is this a run directory?")
+        raw, source = json.loads(final.read_text())["config"], final
+    elif spec.is_file():
+        raw, source = read_yaml(spec), spec
+    else:
+        raise FileNotFoundError(f"{run_dir}: neither final.json nor run.yaml; is this a run directory?")
+    raw = {k: v for k, v in raw.items() if k not in ("partition_file", "warmup_checkpoint")}
+    return parse_run_config(raw, source=str(source))
 
 
 def load_solution(run_dir: str | Path, label: str | None = None) -> RunSolution:

@@ -156,7 +156,7 @@ class Simulation:
         model = task.build_model().to(device)
         layout = ParamLayout.of(model)
         per_round = max(1, round(cfg.participation * len(data))) if len(data) > 1 else 1
-        vec, why = choose_path(cfg.vectorize, method, task, layout.numel,
+        vec, why = choose_path(cfg.vectorize, method, task, model, layout.numel,
                                [next(iter(d.values())).shape[0] for d in data], per_round)
         return cls(cfg, task, model, layout, data, agg, method, device, vec, why)
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import jacrev, vmap
+from torch.func import vmap
 
 from fipa.clients import ClientMethod, ClientState, make_optimizer
 from fipa.config import ClientConfig
@@ -86,14 +86,16 @@ def unsupported(method: ClientMethod, task: Task) -> str | None:
     return None
 
 
-def choose_path(setting: Any, method: ClientMethod, task: Task, num_params: int,
+def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module, num_params: int,
                 sizes: list[int], per_round: int) -> tuple[bool, str]:
     """(vectorize?, reason): the size rule behind ``vectorize: auto``, or the forced setting.
 
     auto vectorizes when at least two clients train per round, the method and task allow it,
-    and one client's minibatch step is small: batch samples x parameters <= AUTO_VECTORIZE_WORK
-    (beyond, arithmetic dominates and stacking M clients only multiplies memory). ``true``
-    vectorizes wherever allowed; ``false`` never.
+    the model's parametrized layers are all fully connected (MLPs, PINNs: under vmap they
+    become batched matrix products; convolutions batch poorly, and the digits CNN measured
+    no faster), and one client's minibatch step is small: batch samples x parameters <=
+    AUTO_VECTORIZE_WORK (beyond, arithmetic dominates and stacking M clients only multiplies
+    memory). ``true`` vectorizes wherever allowed; ``false`` never.
     """
     if setting is False:
         return False, "vectorize: false"
@@ -104,6 +106,10 @@ def choose_path(setting: Any, method: ClientMethod, task: Task, num_params: int,
         return True, "vectorize: true"
     if per_round < 2:
         return False, "one client per round"
+    layers = {type(m).__name__ for m in model.modules()
+              if not isinstance(m, nn.Linear) and any(True for _ in m.parameters(recurse=False))}
+    if layers:
+        return False, f"layers other than Linear ({', '.join(sorted(layers))})"
     batch = max(min(method.cfg.batch_size or n, n) for n in sizes)
     work = batch * num_params
     if work > AUTO_VECTORIZE_WORK:
@@ -195,20 +201,31 @@ def stacked_jacobians(
     """d f(x_i; theta_{owner_i}) / d theta for the samples of many clients: [N, C, P].
 
     ``thetas`` is one [P] shared by all samples (owner None), or [K, P] with ``owner`` [N]
-    naming each sample's row; vmap(jacrev) over ``chunk`` samples at a time bounds memory.
+    naming each sample's row. Each sample gets its own copy theta_i of its parameters
+    [n, P], the outputs f(x_i; theta_i) [n, C] come from one vmapped forward pass, and
+    reverse mode through sum_i f_{ic} gives row i = d f_ic / d theta_i (output c's
+    Jacobian for every sample at once: one backward pass per output). This is
+    vmap(jacrev)'s algebra without torch.func's reverse-mode transforms, whose first use
+    imports torch._dynamo (seconds of start-up per job). ``chunk`` samples at a time.
     """
 
     def f_one(flat: torch.Tensor, sample: Batch) -> torch.Tensor:
         one = {k: v.unsqueeze(0) for k, v in sample.items()}
         return task.outputs(model, layout.unflatten(flat), one)[0]  # [C]
 
+    forward = vmap(f_one)
     n = num_samples(batch)
-    shared = owner is None
-    jac = vmap(jacrev(f_one), in_dims=(None if shared else 0, 0))
     parts = []
     for i in range(0, n, chunk):
         sub = {k: v[i : i + chunk] for k, v in batch.items()}
-        parts.append(jac(thetas if shared else thetas[owner[i : i + chunk]], sub))
+        rows = thetas.expand(num_samples(sub), -1) if owner is None else thetas[owner[i : i + chunk]]
+        per_sample = rows.detach().clone().requires_grad_(True)  # theta_i [n, P]
+        out = forward(per_sample, sub)  # [n, C]
+        C = out.shape[1]
+        # apply J^T to the indicator of output c: rows d f_ic / d theta_i, [n, P] each
+        cols = [torch.autograd.grad(out[:, c].sum(), per_sample, retain_graph=c < C - 1)[0]
+                for c in range(C)]
+        parts.append(torch.stack(cols, dim=1))
     return torch.cat(parts)
 
 

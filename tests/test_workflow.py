@@ -87,6 +87,28 @@ def test_changed_entry_reruns_exactly_its_jobs(finished, tmp_path):
     ]
 
 
+def test_every_task_family_reaches_summary_and_report(tmp_path):
+    """Regression, PINN and vision (with its warm-up) in one DAG: each family's runs are in the
+    summary and the executed report draws the PINN solutions and the label histogram."""
+    import nbformat
+
+    shutil.copytree(ROOT / ".test" / "config", tmp_path / "config")
+    res = snakemake(tmp_path, "--configfile", "config/families.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    counts = summary.groupby("task_family").size().to_dict()
+    assert counts == {"regression": 2, "pde": 2, "vision": 4}  # aggregators (x methods)
+    assert not summary["diverged"].any()
+    assert summary["final_rel_l2"].notna().sum() == 2 and summary["final_test_acc"].notna().sum() == 4
+    assert sorted(p.name for p in (tmp_path / "results" / "report_files").iterdir()) == [
+        "solution_pde_poisson1d_domain2.png"
+    ]
+    nb = nbformat.read(tmp_path / "results" / "report.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert not errors
+
+
 def test_lint_is_clean():
     res = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "--lint",
                           "--configfile", str(ROOT / ".test/config/config.yaml")],

@@ -1,0 +1,127 @@
+"""Several grid cells in one process: start-up (import torch, ...) paid once, not per cell.
+
+A manifest lists the cells, each with its own run config and output directory, so every
+cell keeps what a ``fipa train`` job has: its run directory (metrics.csv, final.json,
+checkpoint, resumed where a checkpoint exists), its progress log, and a Snakemake-format
+benchmark record (the columns of Snakemake's ``benchmark:`` files; ``s`` and ``h:m:s``
+are this cell's own wall time, ``cpu_time`` its own CPU seconds, ``max_rss`` the process's
+peak so far, as the cells share one process).
+
+    - {config: results/runs/a/run.yaml, output: results/runs/a,
+       benchmark: results/benchmarks/a.tsv, log: results/logs/a.log, label: a}
+    - {spec: {task: ..., ...}, output: ...}          # the run config inline
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fipa.config import ConfigError
+
+BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
+                     "mean_load", "cpu_time"]
+
+
+@dataclass
+class Cell:
+    """One grid cell of a batch: where its config comes from and where its outputs go."""
+
+    output: str
+    config: str | None = None  # a run YAML file
+    spec: dict[str, Any] | None = None  # or the run config itself
+    benchmark: str | None = None
+    log: str | None = None
+    label: str | None = None
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> Cell:
+        if not isinstance(raw, dict) or "output" not in raw:
+            raise ConfigError(f"{where}: each cell needs an `output` directory and a `config` or `spec`")
+        unknown = sorted(set(raw) - {"output", "config", "spec", "benchmark", "log", "label"})
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; valid: output, config, spec, "
+                              "benchmark, log, label")
+        if (raw.get("config") is None) == (raw.get("spec") is None):
+            raise ConfigError(f"{where}: give exactly one of `config` (a run YAML) or `spec` (inline)")
+        return cls(**raw)
+
+    def run_config(self):
+        from fipa.config import load_run_config, parse_run_config
+
+        if self.config is not None:
+            return load_run_config(self.config)
+        return parse_run_config(self.spec, f"spec of {self.output}")
+
+
+def load_manifest(path: str | Path) -> list[Cell]:
+    from fipa.io import read_yaml
+
+    try:
+        raw = read_yaml(path)
+    except OSError:
+        raise ConfigError(f"{path}: batch manifest not found") from None
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{path}: expected a non-empty YAML list of cells")
+    return [Cell.parse(c, f"{path}[{i}]") for i, c in enumerate(raw)]
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def write_benchmark(path: str | Path, wall_s: float, cpu_s: float) -> None:
+    """One Snakemake-format benchmark row: [s, h:m:s, max_rss (MB), ..., cpu_time] (TSV)."""
+    from fipa.io import atomic_write
+
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    row = [f"{wall_s:.4f}", hms(wall_s), f"{rss_mb:.2f}", "NA", "NA", "NA", "NA", "NA", "NA",
+           f"{cpu_s:.2f}"]
+    atomic_write(path, lambda fh: fh.write("\t".join(BENCHMARK_COLUMNS) + "\n" + "\t".join(row) + "\n"))
+
+
+def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None]],
+              supersede: bool = False, echo: Callable[[str], None] = print) -> list[str]:
+    """Train every cell in turn; returns the outputs of the cells that failed (others go on).
+
+    A cell whose config is bad fails alone, with the message ``fipa train`` would give; a
+    cell already finished resumes at its last round and only rewrites its outputs.
+    """
+    from fipa.simulate import train
+
+    failed = []
+    for cell in cells:
+        t0, c0 = time.perf_counter(), time.process_time()
+        label = cell.label or cell.output
+        try:
+            cfg = cell.run_config()
+            if supersede:
+                from fipa.cli import supersede_stale_run
+
+                moved = supersede_stale_run(Path(cell.output), cfg)
+                if moved is not None:
+                    echo(f"{cell.output}: the config changed; the earlier run is kept in {moved}")
+            if cell.spec is not None:
+                from fipa.io import write_yaml
+
+                write_yaml(Path(cell.output) / "run.yaml", cfg.to_dict())
+            final = train(cfg, cell.output, log=make_log(cell), label=label)
+        except ConfigError as e:
+            echo(f"{label}: error: {e}")
+            failed.append(cell.output)
+            continue
+        except Exception:  # one broken cell must not take the rest of the batch down
+            echo(f"{label}: crashed:\n{traceback.format_exc()}")
+            failed.append(cell.output)
+            continue
+        if cell.benchmark:
+            write_benchmark(cell.benchmark, time.perf_counter() - t0, time.process_time() - c0)
+        status = "DIVERGED" if final["diverged"] else "done"
+        echo(f"{label} {status}: {final['rounds_completed']} rounds [{time.perf_counter() - t0:.1f} s]")
+    return failed
