@@ -130,16 +130,19 @@ def allow_vectorize_key(workdir: Path) -> None:
         schema.write_text(text)
 
 
-def time_reproduction(workdir: Path, vectorize, cores: int, tasks: list[str] | None) -> float:
+def time_reproduction(workdir: Path, vectorize, cores: int, tasks: list[str] | None,
+                      seeds: list[int] | None) -> float:
     """Wall seconds of the default reproduction (or its ``tasks``) with every task's ``vectorize`` set."""
     import yaml
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     if tasks:
         config["tasks"] = {k: v for k, v in config["tasks"].items() if k in tasks}
+    if seeds:
+        config["seeds"] = seeds
     for t in config["tasks"].values():
         t["vectorize"] = vectorize
-    # the Snakefile's own configfile: a --configfile would be merged over it, keeping every task
+    # written over the copy's own config/config.yaml, the file the Snakefile reads by default
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.rmtree(workdir / "results", ignore_errors=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -152,15 +155,16 @@ def time_reproduction(workdir: Path, vectorize, cores: int, tasks: list[str] | N
     return wall
 
 
-def bench_reproduction(cores: int, tasks: list[str] | None) -> None:
+def bench_reproduction(cores: int, tasks: list[str] | None, seeds: list[int] | None) -> None:
     with tempfile.TemporaryDirectory(prefix="fipa-repro-") as tmp:
         work = Path(tmp)
         tracked_copy(work)
         allow_vectorize_key(work)
-        print(f"tasks: {', '.join(tasks) if tasks else 'all of config/config.yaml'}", flush=True)
-        before = time_reproduction(work, False, cores, tasks)
+        print(f"tasks: {', '.join(tasks) if tasks else 'all of config/config.yaml'}; "
+              f"seeds: {seeds or 'all'}", flush=True)
+        before = time_reproduction(work, False, cores, tasks, seeds)
         print(f"default reproduction, vectorize false (before): {before:7.1f} s wall", flush=True)
-        after = time_reproduction(work, "auto", cores, tasks)
+        after = time_reproduction(work, "auto", cores, tasks, seeds)
         print(f"default reproduction, vectorize auto  (after):  {after:7.1f} s wall", flush=True)
         print(f"ratio before / after: {before / after:.2f}x")
 
@@ -178,10 +182,12 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=2, help="snakemake --cores for --reproduction")
     p.add_argument("--repro-tasks", nargs="*", default=None,
                    help="--reproduction: only these tasks of config/config.yaml (default: all)")
+    p.add_argument("--repro-seeds", nargs="*", type=int, default=None,
+                   help="--reproduction: only these seeds (default: the config's)")
     args = p.parse_args()
     os.environ.setdefault("DDE_BACKEND", "pytorch")
     if args.reproduction:
-        bench_reproduction(args.cores, args.repro_tasks)
+        bench_reproduction(args.cores, args.repro_tasks, args.repro_seeds)
         return
     import torch
 
