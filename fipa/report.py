@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -94,28 +95,60 @@ def plot_convergence(curves: pd.DataFrame, metric: str, title: str):
 
     _style()
     facet = "client_method" if curves["client_method"].nunique() > 1 else None
+    hue_order = aggregator_order(curves["aggregator"])
     g = sns.relplot(data=curves, x="round", y=metric, hue="aggregator", kind="line",
-                    col=facet, errorbar=("pi", 100), estimator="median", height=4, aspect=1.4,
-                    facet_kws={"sharey": True})
+                    hue_order=hue_order, palette=aggregator_palette(hue_order),
+                    col=facet, col_wrap=3 if facet else None, errorbar=("pi", 100), estimator="median",
+                    height=3.6, aspect=1.35, facet_kws={"sharey": True})
     if direction_of(metric) == "min":
         g.set(yscale="log")
     g.figure.suptitle(title, y=1.02)
     return g.figure
 
 
+def aggregator_order(names: pd.Series) -> list[str]:
+    """FedAvg first, FIPA variants last but the centralized reference: a stable legend order."""
+    def rank(name: str) -> tuple[int, str]:
+        return (0 if name == "fedavg" else 3 if name == "centralized" else 2 if name.startswith("fipa")
+                else 1, name)
+
+    return sorted(pd.unique(names), key=rank)
+
+
+def aggregator_palette(order: list[str]) -> dict[str, Any]:
+    """Muted colours for baselines, strong reds for FIPA variants, black for centralized."""
+    import seaborn as sns
+
+    baselines = [a for a in order if not a.startswith("fipa") and a != "centralized"]
+    fipas = [a for a in order if a.startswith("fipa")]
+    muted = sns.color_palette("muted", 10)
+    not_red = [muted[i] for i in (0, 2, 4, 9, 8, 1, 7, 6, 5)]  # reds stay FIPA's
+    pal = {a: not_red[i % len(not_red)] for i, a in enumerate(baselines)}
+    pal.update(zip(fipas, sns.color_palette("Reds_r", len(fipas) + 1), strict=False))
+    pal["centralized"] = (0.15, 0.15, 0.15)
+    return {a: pal[a] for a in order}
+
+
 def plot_final(summary: pd.DataFrame, metric: str, title: str):
-    """Final metric per aggregator: seeds as dots, mean as a bar; log scale for errors; a Figure."""
+    """Final metric per aggregator (best first): seeds as dots, mean +- sd as a diamond, one
+    colour per client method; log scale for errors, a zoomed axis for accuracies; a Figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     _style()
     col = f"final_{metric}"
-    order = summary.groupby("aggregator")[col].mean().sort_values().index.tolist()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(order), 4))
-    sns.barplot(data=summary, x="aggregator", y=col, order=order, errorbar=None, alpha=0.5,
-                ax=ax, hue="aggregator", legend=False)
-    sns.stripplot(data=summary, x="aggregator", y=col, order=order, color="k", size=5, ax=ax)
-    if direction_of(metric) == "min":
+    ascending = direction_of(metric) == "min"
+    order = summary.groupby("aggregator")[col].mean().sort_values(ascending=ascending).index.tolist()
+    hue = "client_method" if summary["client_method"].nunique() > 1 else None
+    fig, ax = plt.subplots(figsize=(2.0 + 1.0 * len(order), 4.2))
+    common = {"data": summary, "x": "aggregator", "y": col, "order": order, "hue": hue, "ax": ax}
+    sns.stripplot(**common, dodge=hue is not None, alpha=0.4, size=4, legend=False,
+                  **({} if hue else {"color": "0.35"}))
+    sns.pointplot(**common, dodge=0.55 if hue else False, errorbar="sd", linestyle="none", markers="D",
+                  markersize=6, capsize=0.08, **({} if hue else {"color": "C3"}))
+    if hue:
+        ax.legend(title="client method", bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
+    if ascending:
         ax.set_yscale("log")
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
