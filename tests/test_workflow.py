@@ -93,7 +93,7 @@ def test_every_task_family_reaches_summary_and_report(tmp_path):
     import nbformat
 
     shutil.copytree(ROOT / ".test" / "config", tmp_path / "config")
-    res = snakemake(tmp_path, "--configfile", "config/families.yaml")
+    res = snakemake(tmp_path, "--configfile", str(tmp_path / "config" / "families.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     counts = summary.groupby("task_family").size().to_dict()
