@@ -73,6 +73,8 @@ class ClientMethod:
     """
 
     Params: ClassVar[type]
+    # extra P-vectors a client uploads besides its delta (SCAFFOLD: Delta c_i)
+    uplink_vectors: ClassVar[int] = 0
     # False: the objective couples a minibatch's samples beyond a (masked) mean, so the
     # padded batches of the vectorized path would change it; such a method trains sequentially
     vectorizable: ClassVar[bool] = True
@@ -234,6 +236,8 @@ class Scaffold(ClientMethod):
     Option II assumes plain SGD; with momentum or Adam the corrected gradient goes through
     that optimizer instead (the usual practice, no longer the paper's analysis).
     """
+
+    uplink_vectors = 1
 
     Params = ScaffoldParams
 

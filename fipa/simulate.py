@@ -263,7 +263,9 @@ def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str
         updates = sim.round_updates(theta, rnd, chosen, state.client_states)
         theta_new = sim.aggregator.step(theta, updates, state.agg_state)
         theta_new = sim.method.end_round(theta_new, state.method_state, M)  # SCAFFOLD c, FedDyn h
-        bytes_ = sum(u.uplink_numbers for u in updates) * theta.element_size()
+        extra = sim.method.uplink_vectors * theta.numel()  # SCAFFOLD's Delta c_i
+        numbers = sum(u.uplink_numbers + extra for u in updates)
+        bytes_ = numbers * theta.element_size()
         state.uplink_total += bytes_
         state.round, state.theta = rnd, theta_new
         state.diverged = not bool(torch.isfinite(theta_new).all())

@@ -291,3 +291,15 @@ def test_fedrcl_runs_on_vision_with_fedavg_and_fipa(tmp_path, aggregator):
     }
     final = train(parse_run_config(cfg), tmp_path, log=lambda s: None)
     assert final["rounds_completed"] == 1 and 0 <= final["final"]["test_acc"] <= 1
+
+
+def test_scaffold_uplink_counts_the_control_variate_delta(tmp_path):
+    """Each SCAFFOLD client sends Delta y and Delta c_i: twice FedAvg-with-local's P numbers."""
+    cfg = scaffold_cfg(rounds=2, participation=0.5)
+    sc = train(parse_run_config(cfg), tmp_path / "s", log=lambda s: None)
+    loc = train(parse_run_config({**cfg, "client": {**cfg["client"], "method": "local"}}), tmp_path / "l",
+                log=lambda s: None)
+    P = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["theta"].numel()
+    clients = 2 * 2  # rounds x sampled clients (participation 0.5 of 4)
+    assert loc["uplink_bytes_total"] == clients * P * 8  # float64
+    assert sc["uplink_bytes_total"] == 2 * loc["uplink_bytes_total"]
