@@ -256,6 +256,23 @@ def ggn_diagonal_streamed(
     return diag
 
 
+def curvature_sample(
+    request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout,
+    theta: torch.Tensor, batch: Batch, gen: torch.Generator,
+) -> tuple[Batch, torch.Tensor]:
+    """The client's curvature subsample and its output-Hessian factors M [n, C, C'].
+
+    Draws from ``gen`` the subsample (if ``request.samples`` < n), then sampled labels.
+    """
+    n = next(iter(batch.values())).shape[0]
+    if request.samples is not None and request.samples < n:
+        idx = torch.randperm(n, generator=gen)[: request.samples].sort().values
+        batch = {k: v[idx] for k, v in batch.items()}
+    with torch.no_grad():
+        out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
+    return batch, output_sqrt(task.loss_kind, request.fisher, out, gen)
+
+
 def client_curvature(
     request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout,
     theta: torch.Tensor, batch: Batch, gen: torch.Generator,
@@ -264,14 +281,8 @@ def client_curvature(
 
     ``gen`` draws, in this order: the data subsample, sampled labels, probe vectors.
     """
-    n = next(iter(batch.values())).shape[0]
-    if request.samples is not None and request.samples < n:
-        idx = torch.randperm(n, generator=gen)[: request.samples].sort().values
-        batch = {k: v[idx] for k, v in batch.items()}
-    with torch.no_grad():
-        out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
-    M = output_sqrt(task.loss_kind, request.fisher, out, gen)  # [n, C, C']
-    method = request.resolved_method(out.shape[0], M.shape[-1], theta.numel())
+    batch, M = curvature_sample(request, task, model, layout, theta, batch, gen)
+    method = request.resolved_method(M.shape[0], M.shape[-1], theta.numel())
     if method == "matrix_free":
         if request.kind == "diag":
             return {"diag": ggn_diagonal_streamed(task, model, layout, theta, batch, M)}

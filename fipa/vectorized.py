@@ -29,7 +29,13 @@ from torch.func import vmap
 
 from fipa.clients import ClientMethod, ClientState, make_optimizer
 from fipa.config import ClientConfig
-from fipa.curvature import CurvatureRequest, client_curvature, ggn_diagonal, lowrank_factor, output_sqrt
+from fipa.curvature import (
+    CurvatureRequest,
+    client_curvature,
+    curvature_sample,
+    ggn_diagonal,
+    lowrank_factor,
+)
 from fipa.params import ParamLayout
 from fipa.tasks.base import Batch, Task
 
@@ -246,15 +252,8 @@ def round_curvature(
     for m, (data, gen) in enumerate(zip(datas, gens, strict=True)):
         theta = at if at.dim() == 1 else at[m]
         rng = gen.get_state()
-        n = num_samples(data)
-        batch = data
-        if request.samples is not None and request.samples < n:
-            idx = torch.randperm(n, generator=gen)[: request.samples].sort().values
-            batch = {k: v[idx] for k, v in data.items()}
-        with torch.no_grad():
-            outputs = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
-        M_sqrt = output_sqrt(task.loss_kind, request.fisher, outputs, gen)  # [n, C, C']
-        if request.resolved_method(outputs.shape[0], M_sqrt.shape[-1], theta.numel()) == "exact":
+        batch, M_sqrt = curvature_sample(request, task, model, layout, theta, data, gen)  # M [n, C, C']
+        if request.resolved_method(M_sqrt.shape[0], M_sqrt.shape[-1], theta.numel()) == "exact":
             exact.append((m, batch, M_sqrt))
         else:  # start this client's draws again on its own path
             gen.set_state(rng)
