@@ -93,7 +93,7 @@ def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None
     A cell whose config is bad fails alone, with the message ``fipa train`` would give; a
     cell already finished resumes at its last round and only rewrites its outputs.
     """
-    from fipa.simulate import train
+    from fipa.simulate import prepare_run_dir, train
 
     failed = []
     for cell in cells:
@@ -101,16 +101,7 @@ def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None
         label = cell.label or cell.output
         try:
             cfg = cell.run_config()
-            if supersede:
-                from fipa.cli import supersede_stale_run
-
-                moved = supersede_stale_run(Path(cell.output), cfg)
-                if moved is not None:
-                    echo(f"{cell.output}: the config changed; the earlier run is kept in {moved}")
-            if cell.spec is not None:
-                from fipa.io import write_yaml
-
-                write_yaml(Path(cell.output) / "run.yaml", cfg.to_dict())
+            prepare_run_dir(Path(cell.output), cfg, supersede, cell.spec is not None, echo)
             final = train(cfg, cell.output, log=make_log(cell), label=label)
         except ConfigError as e:
             echo(f"{label}: error: {e}")

@@ -76,19 +76,12 @@ def cmd_partition(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from fipa.simulate import train
+    from fipa.simulate import prepare_run_dir, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _run_config(args)
-    if args.supersede:
-        moved = supersede_stale_run(Path(args.output), cfg)
-        if moved is not None:
-            print(f"{args.output}: the config changed; the earlier run is kept in {moved}", flush=True)
-    if args.spec is not None:
-        from fipa.io import write_yaml
-
-        write_yaml(Path(args.output) / "run.yaml", cfg.to_dict())
+    prepare_run_dir(Path(args.output), cfg, args.supersede, args.spec is not None, _flush_print)
     label = args.label or f"[{cfg.task.name}/{cfg.partition.name}/{cfg.client.method}/" \
         f"{cfg.aggregator.name} seed {cfg.seed}]"
     log = _log_to(args.log) if args.log else (lambda s: None) if args.quiet else _flush_print
@@ -121,37 +114,6 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
     failed = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print)
     if failed:
         raise ConfigError(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
-
-
-def supersede_stale_run(outdir: Path, cfg) -> Path | None:
-    """Move a checkpointed run of another config into ``outdir/superseded/<time>/``.
-
-    Resuming such a run would mix two configs, and deleting it would lose finished work;
-    returns the new folder, or None when there is nothing stale (no or a matching checkpoint,
-    or an unreadable one, which training then reports).
-    """
-    import shutil
-    import time
-
-    import torch
-
-    from fipa.simulate import CHECKPOINT, fingerprint
-
-    ckpt = outdir / CHECKPOINT
-    if not ckpt.is_file():
-        return None
-    try:
-        stored = torch.load(ckpt, weights_only=True, map_location="cpu").get("fingerprint")
-    except Exception:
-        return None
-    if stored == fingerprint(cfg):
-        return None
-    dest = outdir / "superseded" / time.strftime("%Y%m%dT%H%M%S")
-    dest.mkdir(parents=True)
-    for item in outdir.iterdir():
-        if item.name != "superseded":
-            shutil.move(str(item), dest / item.name)
-    return dest
 
 
 def _flush_print(s: str) -> None:

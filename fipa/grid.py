@@ -113,10 +113,3 @@ def run_spec(config: dict[str, Any], cell: Cell, partition_file: str,
     if warmup_file is not None:
         spec["warmup_checkpoint"] = warmup_file
     return spec
-
-
-def write_spec(path: str, spec: dict[str, Any]) -> None:
-    """Write a run/partition spec as YAML, atomically."""
-    from fipa.io import write_yaml
-
-    write_yaml(path, spec)

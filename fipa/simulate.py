@@ -47,6 +47,46 @@ def fingerprint(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
+    """Move a checkpointed run of another config into ``outdir/superseded/<time>/``.
+
+    Resuming such a run would mix two configs, and deleting it would lose finished work;
+    returns the new folder, or None when there is nothing stale (no or a matching checkpoint,
+    or an unreadable one, which training then reports).
+    """
+    import shutil
+
+    ckpt = outdir / CHECKPOINT
+    if not ckpt.is_file():
+        return None
+    try:
+        stored = torch.load(ckpt, weights_only=True, map_location="cpu").get("fingerprint")
+    except Exception:
+        return None
+    if stored == fingerprint(cfg):
+        return None
+    dest = outdir / "superseded" / time.strftime("%Y%m%dT%H%M%S")
+    dest.mkdir(parents=True)
+    for item in outdir.iterdir():
+        if item.name != "superseded":
+            shutil.move(str(item), dest / item.name)
+    return dest
+
+
+def prepare_run_dir(outdir: Path, cfg: RunConfig, supersede: bool, record_config: bool,
+                    echo: Callable[[str], None]) -> None:
+    """Before training into ``outdir``: move a run of another config aside (``supersede``) and
+    write the resolved config as ``run.yaml`` (``record_config``: it came inline, not as a file)."""
+    if supersede:
+        moved = supersede_stale_run(outdir, cfg)
+        if moved is not None:
+            echo(f"{outdir}: the config changed; the earlier run is kept in {moved}")
+    if record_config:
+        from fipa.io import write_yaml
+
+        write_yaml(outdir / "run.yaml", cfg.to_dict())
+
+
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys (seed, round, client, purpose)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
