@@ -10,6 +10,9 @@ peak so far, as the cells share one process).
     - {config: results/runs/a/run.yaml, output: results/runs/a,
        benchmark: results/benchmarks/a.tsv, log: results/logs/a.log, label: a}
     - {spec: {task: ..., ...}, output: ...}          # the run config inline
+
+The workflow's ``train_batch`` rule passes that list inline (``fipa train-batch --cells``)
+and tracks it as a param: a changed cell reruns the batch, whose finished cells are skipped.
 """
 
 from __future__ import annotations
@@ -66,9 +69,21 @@ def load_manifest(path: str | Path) -> list[Cell]:
         raw = read_yaml(path)
     except OSError:
         raise ConfigError(f"{path}: batch manifest not found") from None
+    return parse_cells(raw, str(path))
+
+
+def parse_cells(raw: Any, where: str) -> list[Cell]:
+    """Cells from a manifest's content: a non-empty list, or a JSON string of one."""
+    if isinstance(raw, str):
+        import json
+
+        try:
+            raw = json.loads(raw)
+        except ValueError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{path}: expected a non-empty YAML list of cells")
-    return [Cell.parse(c, f"{path}[{i}]") for i, c in enumerate(raw)]
+        raise ConfigError(f"{where}: expected a non-empty list of cells")
+    return [Cell.parse(c, f"{where}[{i}]") for i, c in enumerate(raw)]
 
 
 def hms(seconds: float) -> str:
@@ -87,32 +102,55 @@ def write_benchmark(path: str | Path, wall_s: float, cpu_s: float) -> None:
 
 
 def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None]],
-              supersede: bool = False, echo: Callable[[str], None] = print) -> list[str]:
-    """Train every cell in turn; returns the outputs of the cells that failed (others go on).
+              supersede: bool = False, echo: Callable[[str], None] = print,
+              status: Callable[[str, dict[str, Any]], str] | None = None) -> dict[str, dict | None]:
+    """Train every cell in turn; returns each cell's final.json content (None where it failed).
 
-    A cell whose config is bad fails alone, with the message ``fipa train`` would give; a
-    cell already finished resumes at its last round and only rewrites its outputs.
+    A cell already finished with the same config is skipped without building its task (so a
+    batch rerun because one cell's config changed recomputes that cell only); a cell with a
+    checkpoint resumes at its last round; a cell whose config is bad fails alone, with the
+    message ``fipa train`` would give, and the others go on. ``status`` turns a finished
+    cell into its progress line (default: label, outcome, rounds, seconds).
     """
-    from fipa.simulate import prepare_run_dir, train
+    from fipa.simulate import finished_run, prepare_run_dir, train
 
-    failed = []
+    results: dict[str, dict | None] = {}
     for cell in cells:
         t0, c0 = time.perf_counter(), time.process_time()
         label = cell.label or cell.output
         try:
             cfg = cell.run_config()
+            final = finished_run(Path(cell.output), cfg)
+            if final is not None:
+                echo(f"{label}: finished earlier with this config, skipped")
+                results[cell.output] = final
+                continue
             prepare_run_dir(Path(cell.output), cfg, supersede, cell.spec is not None, echo)
             final = train(cfg, cell.output, log=make_log(cell), label=label)
         except ConfigError as e:
             echo(f"{label}: error: {e}")
-            failed.append(cell.output)
+            results[cell.output] = None
             continue
         except Exception:  # one broken cell must not take the rest of the batch down
             echo(f"{label}: crashed:\n{traceback.format_exc()}")
-            failed.append(cell.output)
+            results[cell.output] = None
             continue
         if cell.benchmark:
             write_benchmark(cell.benchmark, time.perf_counter() - t0, time.process_time() - c0)
-        status = "DIVERGED" if final["diverged"] else "done"
-        echo(f"{label} {status}: {final['rounds_completed']} rounds [{time.perf_counter() - t0:.1f} s]")
-    return failed
+        results[cell.output] = final
+        echo(status(label, final) if status else _done_line(label, final, time.perf_counter() - t0))
+    return results
+
+
+def _done_line(label: str, final: dict[str, Any], seconds: float) -> str:
+    outcome = "DIVERGED" if final["diverged"] else "done"
+    return f"{label} {outcome}: {final['rounds_completed']} rounds [{seconds:.1f} s]"
+
+
+def write_summary(path: str | Path, results: dict[str, dict[str, Any]]) -> None:
+    """The batch's record (JSON): per cell output directory, its outcome and final metrics."""
+    from fipa.io import write_json
+
+    keep = ("task", "partition", "client_method", "aggregator", "seed", "rounds_completed", "diverged",
+            "final", "wall_s")
+    write_json(path, {out: {k: final.get(k) for k in keep} for out, final in results.items()})

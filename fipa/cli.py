@@ -99,21 +99,33 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
     """Several cells in one process (fipa/batch.py): start-up paid once for the batch."""
     import torch
 
-    from fipa.batch import Cell, load_manifest, run_cells
+    from fipa.batch import Cell, load_manifest, parse_cells, run_cells, write_summary
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cells = load_manifest(args.manifest) if args.manifest else []
+    cells += parse_cells(args.cells, "--cells") if args.cells else []
     cells += [Cell(config=c, output=o) for c, o in args.cell or []]
     if not cells:
-        raise ConfigError("train-batch: give a manifest file or at least one --cell CONFIG OUTDIR")
+        raise ConfigError("train-batch: give a manifest file, --cells JSON or at least one "
+                          "--cell CONFIG OUTDIR")
 
     def make_log(cell):
         return _log_to(cell.log) if cell.log else (lambda s: None) if args.quiet else _flush_print
 
-    failed = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print)
+    status = None
+    if args.grid_total:
+        from fipa.progress import status_line
+
+        def status(label, final):
+            return status_line(label, final, args.grid_root, args.grid_total)
+
+    results = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print, status=status)
+    failed = [out for out, final in results.items() if final is None]
     if failed:
         raise ConfigError(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
+    if args.summary:
+        write_summary(args.summary, results)
 
 
 def _flush_print(s: str) -> None:
@@ -223,9 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML list of cells {config|spec, output, benchmark, log, label} (fipa/batch.py)")
     s.add_argument("--cell", nargs=2, action="append", metavar=("CONFIG", "OUTDIR"),
                    help="one more cell: its run YAML and run directory (repeatable)")
+    s.add_argument("--cells", default=None,
+                   help="the manifest's content itself, as one JSON string (a list of cells)")
     s.add_argument("--supersede", action="store_true", help="as for train, per cell")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
+    s.add_argument("--summary", default=None,
+                   help="when every cell succeeded, write their outcomes here (JSON, the batch's record)")
+    s.add_argument("--grid-total", type=int, default=0,
+                   help="jobs in the whole grid: one status line per cell with an estimate of what remains")
+    s.add_argument("--grid-root", default="results/runs", help="where the grid's run directories live")
     s.set_defaults(func=cmd_train_batch)
 
     s = sub.add_parser("collect", help="all run dirs -> summary.csv")

@@ -16,6 +16,8 @@ def grid_status(runs_root: str | Path, total: int, now: float | None = None) -> 
     now = time.time() if now is None else now
     starts = []
     for f in Path(runs_root).rglob("final.json"):
+        if "superseded" in f.relative_to(runs_root).parts:  # an earlier config's run, kept aside
+            continue
         try:
             wall = float(json.loads(f.read_text()).get("wall_s", 0.0))
         except (OSError, ValueError):

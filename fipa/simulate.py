@@ -73,6 +73,26 @@ def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
     return dest
 
 
+def finished_run(outdir: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The final.json of a run in ``outdir`` that already finished with exactly ``cfg``, else None.
+
+    Lets a batch skip its finished cells without building their task; any difference in the
+    resolved config (more rounds included) means the run is not finished.
+    """
+    try:
+        final = json.loads((outdir / "final.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (outdir / CHECKPOINT).is_file():
+        return None
+    return final if _canonical(final.get("config")) == _canonical(cfg.to_dict()) else None
+
+
+def _canonical(d: Any) -> str:
+    """A config as final.json stores it (JSON: tuples become lists), as a comparable string."""
+    return json.dumps(json.loads(json.dumps(d, default=str)), sort_keys=True)
+
+
 def prepare_run_dir(outdir: Path, cfg: RunConfig, supersede: bool, record_config: bool,
                     echo: Callable[[str], None]) -> None:
     """Before training into ``outdir``: move a run of another config aside (``supersede``) and

@@ -83,3 +83,51 @@ def test_train_batch_manifest_errors_name_the_cell(tmp_path, capsys, manifest):
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(manifest))
     assert main(["train-batch", str(tmp_path / "m.yaml")]) == 2
     assert "m.yaml" in capsys.readouterr().err
+
+
+def test_train_batch_skips_cells_finished_with_the_same_config(tmp_path, capsys):
+    """A batch rerun because one cell changed retrains that cell only; the record (--summary)
+    lists every cell's outcome, the status lines count the grid's finished runs."""
+    import json
+
+    same, changed = tiny(rounds=2, aggregator={"name": "fedavg"}), tiny(rounds=2)
+    cells = [{"spec": same, "output": str(tmp_path / "same")},
+             {"spec": changed, "output": str(tmp_path / "changed")}]
+    args = ["train-batch", "--cells", json.dumps(cells), "-q", "--supersede",
+            "--summary", str(tmp_path / "batch.json"), "--grid-total", "2", "--grid-root", str(tmp_path)]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "[done 1/2]" in first and "[done 2/2]" in first
+    kept = (tmp_path / "same" / "metrics.csv").stat().st_mtime_ns
+    expected_same = metrics(tmp_path / "same")
+
+    changed["aggregator"]["rho"] = 0.5
+    args[2] = json.dumps(cells)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'same'}: finished earlier with this config, skipped" in out
+    assert (tmp_path / "same" / "metrics.csv").stat().st_mtime_ns == kept
+    pd.testing.assert_frame_equal(metrics(tmp_path / "same"), expected_same)
+    assert yaml.safe_load((tmp_path / "changed" / "run.yaml").read_text())["aggregator"]["rho"] == 0.5
+    assert len(list((tmp_path / "changed" / "superseded").iterdir())) == 1
+    record = json.loads((tmp_path / "batch.json").read_text())
+    for name in ("same", "changed"):
+        final = json.loads((tmp_path / name / "final.json").read_text())
+        assert record[str(tmp_path / name)]["final"] == final["final"]
+        assert record[str(tmp_path / name)]["rounds_completed"] == 2
+
+
+def test_train_batch_writes_no_record_when_a_cell_fails(tmp_path, capsys):
+    import json
+
+    cells = [{"spec": tiny(rounds=1), "output": str(tmp_path / "good")},
+             {"spec": tiny(rounds=1, aggregator={"name": "nosuch"}), "output": str(tmp_path / "bad")}]
+    record = tmp_path / "b.json"
+    assert main(["train-batch", "--cells", json.dumps(cells), "-q", "--summary", str(record)]) == 2
+    assert "1 of 2 cells failed" in capsys.readouterr().err
+    assert (tmp_path / "good" / "final.json").is_file() and not record.exists()
+
+
+def test_train_batch_rejects_cells_that_are_not_json(capsys):
+    assert main(["train-batch", "--cells", "[{oops"]) == 2
+    assert "--cells: not valid JSON" in capsys.readouterr().err

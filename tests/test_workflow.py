@@ -71,9 +71,10 @@ def test_second_invocation_has_nothing_to_do(finished):
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
-def test_changed_entry_reruns_exactly_its_jobs(finished, tmp_path):
-    """Run configs travel as params: a new rho for fipa reruns the fipa cells only, not the
-    warm-ups, partitions or the other aggregators."""
+def test_changed_entry_reruns_exactly_its_cells(finished, tmp_path):
+    """Run configs travel as params: a new rho for fipa reruns the batch jobs holding fipa cells
+    (not the warm-ups or partitions), and those jobs retrain the fipa cells only: the other
+    aggregators' finished runs are skipped untouched, the old fipa runs kept as superseded."""
     cfg = yaml.safe_load((finished / "config" / "config.yaml").read_text())
     cfg["aggregators"]["fipa"]["rho"] = 1.0e-3
     edited = tmp_path / "edited.yaml"
@@ -82,9 +83,21 @@ def test_changed_entry_reruns_exactly_its_jobs(finished, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     jobs = [line.split("wildcards:")[1].strip() for line in out.splitlines() if "wildcards:" in line]
-    assert sorted(jobs) == [
-        f"task=regression_1d, partition=domain4, method=local, aggregator=fipa, seed={s}" for s in (0, 1)
-    ]
+    assert sorted(jobs) == [f"task=regression_1d, partition=domain4, method=local, seed={s}" for s in (0, 1)]
+
+    work = tmp_path / "copy"
+    shutil.copytree(finished, work, symlinks=True)
+    runs = work / "results" / "runs" / "regression_1d" / "domain4" / "local"
+    before = {p: p.stat().st_mtime_ns for p in runs.glob("*/seed*/metrics.csv")}
+    res = snakemake(work, "--configfile", str(edited))
+    assert res.returncode == 0, res.stderr[-3000:]
+    changed = sorted(str(p.relative_to(runs)) for p, t in before.items() if p.stat().st_mtime_ns != t)
+    assert changed == ["fipa/seed0/metrics.csv", "fipa/seed1/metrics.csv"]
+    for seed in (0, 1):
+        run = runs / "fipa" / f"seed{seed}"
+        assert yaml.safe_load((run / "run.yaml").read_text())["aggregator"]["rho"] == 1.0e-3
+        (old,) = (run / "superseded").iterdir()
+        assert yaml.safe_load((old / "run.yaml").read_text())["aggregator"]["rho"] == 1.0e-4
 
 
 def test_every_task_family_reaches_summary_and_report(tmp_path):
@@ -96,6 +109,8 @@ def test_every_task_family_reaches_summary_and_report(tmp_path):
     res = snakemake(tmp_path, "--configfile", str(tmp_path / "config" / "families.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    jobs = res.stdout + res.stderr
+    assert jobs.count("(Rule: train_batch)") == 2 and jobs.count("(Rule: train)") == 4  # vision unbatched
     counts = summary.groupby("task_family").size().to_dict()
     assert counts == {"regression": 2, "pde": 2, "vision": 4}  # aggregators (x methods)
     assert not summary["diverged"].any()

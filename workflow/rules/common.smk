@@ -10,6 +10,7 @@ SUMMARY = "results/summary.csv"
 FIGURES = "results/figures"
 RUN_DIR = "results/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
 PART_FILE = "results/partitions/{task}/{partition}/seed{seed}.json"
+BATCH_FILE = "results/batches/{task}/{partition}/{method}/seed{seed}.json"
 CONDA_ENV = "../envs/fipa.yaml"
 NOTEBOOK = os.path.join(workflow.basedir, "..", "notebooks", "report.ipynb")
 
@@ -43,11 +44,16 @@ def warmup_input(w):
     return [grid.warmup_file(w.task, w.partition, int(w.seed))] if has_warmup(w.task) else []
 
 
-def run_spec(w):
-    warm = warmup_input(w)
-    spec = grid.run_spec(config, cell_of(w), part_file(w), warm[0] if warm else None)
+def cell_spec(cell):
+    """The run config of one grid cell (a grid.Cell; its fields double as wildcards)."""
+    warm = warmup_input(cell)
+    spec = grid.run_spec(config, cell, part_file(cell), warm[0] if warm else None)
     spec.setdefault("device", config["device"])
     return spec
+
+
+def run_spec(w):
+    return cell_spec(cell_of(w))
 
 
 def warmup_spec(w):
@@ -62,8 +68,40 @@ def spec_text(spec):
     return json.dumps(spec, sort_keys=True)
 
 
-def all_final_files():
-    return [f"results/runs/{c.run_id}/final.json" for c in CELLS]
+def batched(task):
+    return config["tasks"][task]["batch"]
+
+
+def grid_outputs():
+    """What collect waits for: the record of each batch job, the final.json of each unbatched cell."""
+    outs = (BATCH_FILE.format(**vars(c)) if batched(c.task) else f"results/runs/{c.run_id}/final.json"
+            for c in CELLS)
+    return list(dict.fromkeys(outs))
+
+
+def all_run_dirs():
+    return [f"results/runs/{c.run_id}" for c in CELLS]
+
+
+def batch_members(w):
+    """The cells of one batch job: every aggregator of the task for this partition, method and seed."""
+    return [c for c in CELLS if (c.task, c.partition, c.method, str(c.seed)) == (w.task, w.partition,
+                                                                                 w.method, w.seed)]
+
+
+def batch_manifest(w):
+    """The batch's cells for `fipa train-batch --cells`, each with the run config, run directory,
+    log and benchmark record that a `train` job of that cell would have."""
+    return [
+        {
+            "spec": cell_spec(c),
+            "output": f"results/runs/{c.run_id}",
+            "log": f"results/logs/train/{c.run_id}.log",
+            "benchmark": f"results/benchmarks/{c.run_id}.tsv",
+            "label": c.run_id,
+        }
+        for c in batch_members(w)
+    ]
 
 
 def output_dir(wildcards, output):
@@ -88,11 +126,6 @@ FAMILY_RESOURCES = {
     "pde": {"mem_mb": 4000, "runtime": 180},
     "vision": {"mem_mb": 16000, "runtime": 720},
 }
-# Families whose CPU jobs are small enough to batch: profiles/slurm's group-components
-# packs that many of them into one cluster job; vision jobs keep one allocation each.
-GROUPED_FAMILIES = ("regression", "pde")
-
-
 def task_family(task):
     """The task family (regression, pde, vision) of a named task of the config."""
     return config["tasks"][task]["task"]["name"]
@@ -106,16 +139,9 @@ def train_runtime(wildcards, attempt):
     return FAMILY_RESOURCES[task_family(wildcards.task)]["runtime"] * attempt
 
 
-def train_group(wildcards):
-    """Job group of a training job ("train_<family>"), or None for its own cluster job.
-
-    Only CPU jobs of small families are grouped: where Snakemake may run a group's jobs
-    side by side it requests the sum of their resources, which must not add up GPUs.
-    """
-    family = task_family(wildcards.task)
-    if family in GROUPED_FAMILIES and not config["device"].startswith("cuda"):
-        return f"train_{family}"
-    return None
+def batch_runtime(wildcards, attempt):
+    """A batch runs its cells one after another: the sum of their wall times."""
+    return train_runtime(wildcards, attempt) * len(batch_members(wildcards))
 
 
 def slurm_preflight():

@@ -1,14 +1,16 @@
 rule collect:
     input:
-        all_final_files(),
+        grid_outputs(),
     output:
         SUMMARY,
     log:
         "results/logs/collect.log",
+    params:
+        runs=all_run_dirs(),
     conda:
         CONDA_ENV
     shell:
-        "fipa collect {input} -o {output} > {log} 2>&1"
+        "fipa collect {params.runs} -o {output} > {log} 2>&1"
 
 
 rule figures:

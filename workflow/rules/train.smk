@@ -34,8 +34,6 @@ rule train:
         "results/logs/train/{task}/{partition}/{method}/{aggregator}/seed{seed}.log",
     benchmark:
         "results/benchmarks/{task}/{partition}/{method}/{aggregator}/seed{seed}.tsv"
-    group:
-        train_group
     threads: config["threads_per_job"]
     resources:
         mem_mb=train_mem_mb,
@@ -51,3 +49,28 @@ rule train:
     shell:
         "fipa train --spec {params.spec:q} -o {params.outdir} --supersede --threads {threads} --log {log}"
         " --label {params.label} --grid-total {params.total} --grid-root results/runs 2>> {log}"
+
+
+rule train_batch:
+    input:
+        partition=PART_FILE,
+        warmup=warmup_input,
+    output:
+        BATCH_FILE,
+    log:
+        "results/logs/train/{task}/{partition}/{method}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/batches/{task}/{partition}/{method}/seed{seed}.tsv"
+    threads: config["threads_per_job"]
+    resources:
+        mem_mb=train_mem_mb,
+        runtime=batch_runtime,
+        **train_resources(),
+    params:
+        cells=lambda w: spec_text(batch_manifest(w)),
+        total=len(CELLS),
+    conda:
+        CONDA_ENV
+    shell:
+        "fipa train-batch --cells {params.cells:q} --summary {output} --supersede --threads {threads}"
+        " --grid-total {params.total} --grid-root results/runs 2>> {log}"
