@@ -24,11 +24,13 @@ class ClientUpdate:
     factor: torch.Tensor | None = None  # A_m [r, P], H_m ~= A_m^T A_m
     eigvals: torch.Tensor | None = None  # sigma_m [r]
     diag: torch.Tensor | None = None  # diag(H_m) [P]
+    buffers: dict[str, torch.Tensor] | None = None  # BatchNorm statistics after local training
 
     @property
     def uplink_numbers(self) -> int:
-        """Numbers sent: P for the delta, + r(P + 1) for eigenpairs, + P for a diagonal."""
-        n = self.delta.numel()
+        """Numbers sent: P for the delta, + r(P + 1) for eigenpairs, + P for a diagonal, + the
+        model's buffers where it has them."""
+        n = self.delta.numel() + sum(b.numel() for b in (self.buffers or {}).values())
         if self.factor is not None:
             n += self.factor.numel() + self.factor.shape[0]
         if self.diag is not None:

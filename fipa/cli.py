@@ -46,17 +46,34 @@ def _add_config_args(s: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_partition(args: argparse.Namespace) -> None:
+    """One partition file, or one per seed of ``--seeds`` (``-o`` then holds ``{seed}``): the
+    workflow splits every seed of a task in one process, paying the task's imports once."""
+    import dataclasses
+
+    cfg = _run_config(args)
+    if not args.seeds:
+        _write_partition(cfg, args.output, args.figure)
+        return
+    for name, path in (("--output", args.output), ("--figure", args.figure)):
+        if path is not None and "{seed}" not in path:
+            raise ConfigError(f"{name}: with --seeds the path needs a {{seed}} placeholder, got {path!r}")
+    for seed in args.seeds:
+        _write_partition(dataclasses.replace(cfg, seed=seed), args.output.format(seed=seed),
+                         args.figure.format(seed=seed) if args.figure else None)
+
+
+def _write_partition(cfg, output: str, figure: str | None) -> None:
+    """Split the task's training pool for ``cfg`` (task, partition, seed) into ``output``."""
     import torch
 
     from fipa.io import write_json
     from fipa.partition import heterogeneity, make_partition
     from fipa.tasks import build_task
 
-    cfg = _run_config(args)
     task = build_task(cfg.task.name, cfg.task.params, cfg.seed, getattr(torch, cfg.dtype))
     data = task.partition_input()
     parts = make_partition(data, cfg.partition.name, cfg.clients, cfg.partition.params, cfg.seed)
-    write_json(args.output, {
+    write_json(output, {
         "task": cfg.task.to_dict("name"),
         "partition": {**cfg.partition.to_dict("scheme"), "clients": cfg.clients},
         "seed": cfg.seed,
@@ -64,13 +81,13 @@ def cmd_partition(args: argparse.Namespace) -> None:
         "stats": heterogeneity(data, parts),
         "indices": [p.tolist() for p in parts],
     })
-    print(f"wrote {args.output}: {len(parts)} clients, sizes {[len(p) for p in parts]}")
-    if args.figure:
+    print(f"wrote {output}: {len(parts)} clients, sizes {[len(p) for p in parts]}")
+    if figure:
         if data.labels is None:
             raise ConfigError("--figure: the label histogram needs a task with class labels")
         from fipa.plots_partition import plot_label_histogram
 
-        print(f"wrote {plot_label_histogram(data, parts, args.figure)}")
+        print(f"wrote {plot_label_histogram(data, parts, figure)}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -181,7 +198,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_export_warmup(args: argparse.Namespace) -> None:
-    """A run's latest theta as a warm-up file {"theta": [P], "round": k} for ``warmup_checkpoint``."""
+    """A run's latest state as a warm-up file {"theta": [P], "round": k, "buffers": {...}} for
+    ``warmup_checkpoint`` (buffers: BatchNorm statistics, for models that have them)."""
     import torch
 
     from fipa.io import atomic_write
@@ -192,12 +210,13 @@ def cmd_export_warmup(args: argparse.Namespace) -> None:
     try:
         raw = torch.load(ckpt, weights_only=True, map_location="cpu")
         theta, rnd, diverged = raw["theta"], int(raw["round"]), bool(raw["diverged"])
+        state = {"theta": theta, "round": rnd, "buffers": raw.get("buffers", {})}
     except Exception as e:
         raise ConfigError(f"{ckpt}: checkpoint is corrupt or truncated ({type(e).__name__}); "
                           "rerun the warm-up") from None
     if diverged or not bool(torch.isfinite(theta).all()):
         raise ConfigError(f"{ckpt}: the warm-up run diverged at round {rnd}; nothing to export")
-    atomic_write(args.output, lambda fh: torch.save({"theta": theta, "round": rnd}, fh), mode="wb")
+    atomic_write(args.output, lambda fh: torch.save(state, fh), mode="wb")
     print(f"wrote {args.output}: theta after round {rnd} ({theta.numel()} parameters)")
 
 
@@ -212,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s, "task, partition, seed used")
     s.add_argument("-o", "--output", required=True, help="partition JSON to write")
     s.add_argument("--figure", default=None, help="also save a clients x classes label heat map here")
+    s.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="split for each of these seeds instead of the config's; OUTPUT (and FIGURE) "
+                        "then name the files with a {seed} placeholder")
     s.set_defaults(func=cmd_partition)
 
     s = sub.add_parser("train", help="run one job; resumes if OUTPUT holds a checkpoint")

@@ -145,7 +145,8 @@ class ClientMethod:
 
         def grad_fn(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             flat = at.detach().requires_grad_(True)
-            obj, loss = self.objective(task, model, layout, flat, theta0, batch, state)
+            with task.autocast(flat.device):  # mixed precision of the forward pass, where the task has it
+                obj, loss = self.objective(task, model, layout, flat, theta0, batch, state)
             (grad,) = torch.autograd.grad(obj, flat)
             return grad, loss.detach()
 

@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fipa import devices, vectorized
+from fipa import buffers, devices, vectorized
 from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate
 from fipa.clients import CLIENT_METHODS, ClientMethod
 from fipa.config import ConfigError, RunConfig
@@ -132,6 +133,7 @@ class RunState:
     uplink_total: int = 0
     wall_s: float = 0.0
     method_state: dict[str, torch.Tensor] = field(default_factory=dict)  # client method's server side
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # global BatchNorm statistics
 
     def to_dict(self, fp: str) -> dict[str, Any]:
         return {**self.__dict__, "fingerprint": fp}
@@ -214,6 +216,8 @@ class Simulation:
         data = [{k: v.to(device) for k, v in task.client_data(p).items()} for p in parts]
         torch.manual_seed(derive_seed(cfg.seed, 0x1217))
         model = task.build_model().to(device)
+        if buffers.has_buffers(model):
+            model.eval()  # running statistics outside local training (fipa/buffers.py)
         layout = ParamLayout.of(model)
         per_round = max(1, round(cfg.participation * len(data))) if len(data) > 1 else 1
         vec, why = choose_path(cfg.vectorize, method, task, model, layout.numel,
@@ -223,7 +227,8 @@ class Simulation:
     def initial_theta(self) -> torch.Tensor:
         theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
         if self.cfg.warmup_checkpoint:
-            theta = load_warmup(self.cfg.warmup_checkpoint, theta)
+            theta, warm_buffers = load_warmup(self.cfg.warmup_checkpoint, theta, buffers.read(self.model))
+            buffers.load(self.model, warm_buffers)
         return theta
 
     def metrics_columns(self) -> list[str]:
@@ -242,8 +247,11 @@ class Simulation:
         """One client's local work and upload for round ``rnd``."""
         seed = self.cfg.seed
         gen = torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xC1))
-        result = self.method.train(self.task, self.model, self.layout, theta, self.data[m], gen, state)
-        update = ClientUpdate(result.theta - theta, next(iter(self.data[m].values())).shape[0])
+        local = buffers.local_training(self.model) if buffers.has_buffers(self.model) else nullcontext({})
+        with local as upload:  # BatchNorm statistics: train mode from the global ones, then back
+            result = self.method.train(self.task, self.model, self.layout, theta, self.data[m], gen, state)
+        update = ClientUpdate(result.theta - theta, next(iter(self.data[m].values())).shape[0],
+                              buffers=upload.get("client"))
         request = self.aggregator.curvature_request()
         if request is not None:
             at = theta if request.at == "broadcast" else result.theta
@@ -278,16 +286,24 @@ class Simulation:
         return updates
 
 
-def load_warmup(path: str, like: torch.Tensor) -> torch.Tensor:
+def load_warmup(path: str, like: torch.Tensor, like_buffers: dict[str, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(theta [P], buffers) of a warm-up state file (``fipa export-warmup``), checked against
+    the model's parameter count and buffer names."""
     try:
-        theta = torch.load(path, weights_only=True)["theta"]
+        raw = torch.load(path, weights_only=True)
+        theta, warm_buffers = raw["theta"], raw.get("buffers", {})
     except Exception as e:
         raise ConfigError(f"warmup_checkpoint: {path} is unreadable ({type(e).__name__}); "
                           "rerun the warm-up") from None
     if theta.shape != like.shape:
         raise ConfigError(f"warmup_checkpoint: {path} has {theta.numel()} parameters, the model "
                           f"{like.numel()}; the warm-up was made for another model")
-    return theta.to(like)
+    if like_buffers is not None and set(warm_buffers) != set(like_buffers):
+        raise ConfigError(f"warmup_checkpoint: {path} holds running statistics for "
+                          f"{len(warm_buffers)} buffers, the model has {len(like_buffers)}; the warm-up "
+                          "was made for another model (norm: batch against group?)")
+    return theta.to(like), warm_buffers
 
 
 def train(
@@ -308,7 +324,8 @@ def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str
     else:
         theta = sim.initial_theta()
         state = RunState(0, theta, sim.aggregator.init_state(theta), {},
-                         method_state=sim.method.init_server_state(theta))
+                         method_state=sim.method.init_server_state(theta), buffers=buffers.read(sim.model))
+    buffers.load(sim.model, state.buffers)
     columns = sim.metrics_columns()
     M = len(sim.data)
     t0 = time.perf_counter() - state.wall_s
@@ -323,6 +340,9 @@ def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str
         updates = sim.round_updates(theta, rnd, chosen, state.client_states)
         theta_new = sim.aggregator.step(theta, updates, state.agg_state)
         theta_new = sim.method.end_round(theta_new, state.method_state, M)  # SCAFFOLD c, FedDyn h
+        if state.buffers:
+            state.buffers = buffers.average([u.buffers for u in updates], [u.num_samples for u in updates])
+            buffers.load(sim.model, state.buffers)
         extra = sim.method.uplink_vectors * theta.numel()  # SCAFFOLD's Delta c_i
         numbers = sum(u.uplink_numbers + extra for u in updates)
         bytes_ = numbers * theta.element_size()

@@ -105,6 +105,8 @@ def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module
     """
     if setting is False:
         return False, "vectorize: false"
+    if any(True for _ in model.buffers()):
+        return False, "the model keeps running statistics (BatchNorm buffers)"
     why = unsupported(method, task)
     if why is not None:
         return False, why

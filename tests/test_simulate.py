@@ -120,6 +120,23 @@ def test_client_sampling_is_seeded_and_sized(clients, frac, k):
     assert len(draws) > 1 or k == clients
 
 
+def test_partition_for_several_seeds_equals_one_call_per_seed(tmp_path, capsys):
+    from fipa.cli import main
+
+    cfg = {**tiny(partition={"scheme": "iid", "clients": 4}), "seed": 7}
+    for seed in (0, 3):
+        assert main(["partition", "--spec", json.dumps({**cfg, "seed": seed}),
+                     "-o", str(tmp_path / f"one{seed}.json")]) == 0
+    assert main(["partition", "--spec", json.dumps(cfg), "--seeds", "0", "3",
+                 "-o", str(tmp_path / "many{seed}.json")]) == 0
+    for seed in (0, 3):
+        assert (tmp_path / f"many{seed}.json").read_text() == (tmp_path / f"one{seed}.json").read_text()
+    assert (tmp_path / "one0.json").read_text() != (tmp_path / "one3.json").read_text()
+    capsys.readouterr()
+    assert main(["partition", "--spec", json.dumps(cfg), "--seeds", "0", "-o", str(tmp_path / "x.json")]) == 2
+    assert "--output: with --seeds the path needs a {seed} placeholder" in capsys.readouterr().err
+
+
 def test_partition_file_is_used_and_checked(tmp_path):
     from fipa.cli import main
 

@@ -65,7 +65,11 @@ def test_model_sizes():
     assert ParamLayout.of(ours).numel == tv - 64 * 3 * 7 * 7 + 64 * 3 * 3 * 3 == 11_173_962
     assert not list(ours.buffers())
     bn = MODELS.get("resnet18")(3, 32, 10, VisionParams(norm="batch"))
-    assert not list(bn.buffers())  # batch statistics only: nothing outside the flat vector
+    # running statistics: 2 per channel of each of the 20 BatchNorms (stem 64 + 8 blocks x 2 + 3
+    # shortcuts), beside the same flat vector as GroupNorm
+    assert ParamLayout.of(bn).numel == ParamLayout.of(ours).numel
+    assert sum(b.numel() for n, b in bn.named_buffers() if "running" in n) == 2 * (
+        64 + 2 * (2 * 64 + 2 * 128 + 2 * 256 + 2 * 512) + 128 + 256 + 512)
     x = torch.randn(2, 3, 32, 32)
     for m in (ours, bn, MODELS.get("cnn2")(3, 32, 100, p)):
         feats, logits = m(x, features=True)
@@ -175,16 +179,22 @@ def test_digits_fipa_run_is_deterministic_and_reports_accuracy(tmp_path):
         "round", "train_loss", "test_loss", "test_acc"]
 
 
-def test_export_warmup_then_refine_starts_where_the_warmup_ended(tmp_path, capsys):
-    warm = train(parse_run_config(digits_run(aggregator={"name": "fedavg"})), tmp_path / "warm",
+@pytest.mark.parametrize("norm", ["default", "batch"])
+def test_export_warmup_then_refine_starts_where_the_warmup_ended(tmp_path, capsys, norm):
+    """The refinement's round-0 evaluation is the warm-up's last one: same parameters and, with
+    BatchNorm, the same running statistics."""
+    task = {**digits_run()["task"], "norm": norm}
+    warm = train(parse_run_config(digits_run(task=task, aggregator={"name": "fedavg"})), tmp_path / "warm",
                  log=lambda s: None)
     state = tmp_path / "state.pt"
     assert cli.main(["export-warmup", str(tmp_path / "warm"), "-o", str(state)]) == 0
     raw = torch.load(state, weights_only=True)
     ckpt = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=True)
     assert torch.equal(raw["theta"], ckpt["theta"]) and raw["round"] == 2
-    assert torch.equal(load_warmup(str(state), ckpt["theta"]), ckpt["theta"])
-    refine = digits_run(warmup_checkpoint=str(state), rounds=1)
+    theta, warm_buffers = load_warmup(str(state), ckpt["theta"])
+    assert torch.equal(theta, ckpt["theta"]) and warm_buffers.keys() == ckpt["buffers"].keys()
+    assert bool(warm_buffers) == (norm == "batch")
+    refine = digits_run(task=task, warmup_checkpoint=str(state), rounds=1)
     train(parse_run_config(refine), tmp_path / "refine", log=lambda s: None)
     rows = (tmp_path / "refine" / "metrics.csv").read_text().splitlines()
     first = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))
@@ -227,3 +237,39 @@ def test_features_functional_call_matches_module():
     z, out = task.features(model, params, x)
     ref = functional_call(model.head, {"weight": params["head.weight"], "bias": params["head.bias"]}, (z,))
     torch.testing.assert_close(out, ref)
+
+
+def test_amp_runs_local_forward_passes_in_bfloat16_and_nothing_else():
+    """amp: local training's forward pass autocasts to bfloat16 (gradients close to, but not
+    equal to, float32 ones); evaluation stays in float32, bit for bit."""
+    from fipa.clients import CLIENT_METHODS
+    from fipa.config import ClientConfig
+
+    full, amp = (Vision(VisionParams(train_subsample=200, amp=on), seed=0, dtype=torch.float32)
+                 for on in (False, True))  # autocast leaves float64 alone
+    torch.manual_seed(0)
+    model = full.build_model()
+    layout = ParamLayout.of(model)
+    theta = layout.flatten(dict(model.named_parameters())).detach()
+    batch = full.client_data(np.arange(64))
+    with amp.autocast(theta.device):
+        assert amp.outputs(model, layout.unflatten(theta), batch).dtype == torch.bfloat16
+    method = CLIENT_METHODS.get("local")(ClientConfig())
+    grads = [method.gradient(t, model, layout, theta, theta, batch, {})[0] for t in (full, amp)]
+    cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert not torch.equal(grads[0], grads[1]) and cos > 0.99
+    assert amp.evaluate(model, layout.unflatten(theta)) == full.evaluate(model, layout.unflatten(theta))
+
+
+def test_digits_load_without_importing_scikit_learn():
+    """The digits are read from scikit-learn's own CSV (equal to load_digits: the split test
+    above), without the ~2 s import of scikit-learn in every job."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fipa.tasks.vision import load_digits_data; "
+            "d = load_digits_data('data', 0, 0.2); "
+            "print(len(d.y_train) + len(d.y_test), 'sklearn' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["1797", "False"]

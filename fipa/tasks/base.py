@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,6 +57,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, params: dict[str, torch.Tensor]) -> dict[str, float]:
         """Test metrics (keys of ``metrics``) and ``test_loss`` on held-out data."""
+
+    def autocast(self, device: torch.device) -> AbstractContextManager:
+        """Context of a local training step's forward pass (vision: bfloat16 autocast when
+        ``amp`` is on); evaluation and curvature stay in the task's dtype."""
+        return nullcontext()
 
     def describe(self) -> str:
         return type(self).__name__

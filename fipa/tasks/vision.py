@@ -7,9 +7,9 @@ float64 of the small regression/PDE tasks).
 
 Normalization layers: GroupNorm by default (no running statistics, so the flat parameter
 vector is the whole model state and FIPA/FedAvg see everything). ``norm: batch`` uses
-BatchNorm *without* running statistics (``track_running_stats=False``): batch statistics
-in training and in evaluation (over ``eval_batch`` test images at a time). This keeps
-the model free of buffers; it is not the FedBN / running-average protocol.
+BatchNorm with running statistics: batch statistics in local training, running ones in
+evaluation and curvature; the clients' running statistics are averaged by sample count
+each round, whatever the aggregator (fipa/buffers.py).
 """
 
 from __future__ import annotations
@@ -57,14 +57,31 @@ Loader = Callable[[str, int, float], ImageData]  # (root, split_seed, test_fract
 DATASETS: Registry[Loader] = Registry("vision data set")
 
 
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images [1797, 8, 8], labels [1797]) from the CSV file that scikit-learn ships and its
+    ``load_digits`` parses the same way; read directly, since importing scikit-learn costs
+    about 2 s of every job's start-up. Falls back to ``load_digits`` if the file moved."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.images, d.target
+    with gzip.open(path, "rt") as fh:
+        data = np.loadtxt(fh, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
 @DATASETS.register("digits")
 def load_digits_data(root: str, split_seed: int, test_fraction: float) -> ImageData:
     """scikit-learn's 8x8 digits (1797 images, values 0..16, shipped with the package)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.as_tensor(d.images, dtype=torch.uint8)[:, None]  # [1797, 1, 8, 8]
-    y = torch.as_tensor(d.target, dtype=torch.int64)
+    images, target = _sklearn_digits()
+    x = torch.as_tensor(images, dtype=torch.uint8)[:, None]  # [1797, 1, 8, 8]
+    y = torch.as_tensor(target, dtype=torch.int64)
     perm = torch.as_tensor(np.random.default_rng([split_seed, 0xD161]).permutation(len(y)))
     n_test = round(test_fraction * len(y))
     test, train = perm[:n_test], perm[n_test:]
@@ -216,8 +233,15 @@ def prepare_tiny_imagenet(source: str | Path, root: str | Path) -> Path:
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
     if kind == "batch":
-        return nn.BatchNorm2d(channels, track_running_stats=False)
+        return nn.BatchNorm2d(channels)
     return nn.GroupNorm(min(groups, channels), channels)
+
+
+def _norm_layers(p: VisionParams, channels: int, default: str) -> list[nn.Module]:
+    """The normalization after a convolution: [] for ``none``, else one layer (``default``
+    when the config says ``default``)."""
+    kind = default if p.norm == "default" else p.norm
+    return [] if kind == "none" else [_norm(kind, channels, p.groups)]
 
 
 class Classifier(nn.Module):
@@ -240,10 +264,11 @@ MODELS: Registry[ModelBuilder] = Registry("vision model")
 
 @MODELS.register("digits_cnn")
 def digits_cnn(channels: int, size: int, classes: int, p: VisionParams) -> nn.Module:
-    """conv3x3(16) relu pool, conv3x3(32) relu pool, fc 64 relu, fc K: P = 13,706 on 1x8x8."""
+    """conv3x3(16) relu pool, conv3x3(32) relu pool, fc 64 relu, fc K: P = 13,706 on 1x8x8
+    (no normalization unless ``norm`` asks for one after each convolution)."""
     body = nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, 16, 3, padding=1), *_norm_layers(p, 16, "none"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), *_norm_layers(p, 32, "none"), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(32 * (size // 4) ** 2, 64), nn.ReLU(),
     )
     return Classifier(body, nn.Linear(64, classes))
@@ -251,10 +276,11 @@ def digits_cnn(channels: int, size: int, classes: int, p: VisionParams) -> nn.Mo
 
 @MODELS.register("cnn2")
 def cnn2(channels: int, size: int, classes: int, p: VisionParams) -> nn.Module:
-    """The two-conv CNN of McMahan et al. (2017): conv5x5(32), pool, conv5x5(64), pool, fc 512."""
+    """The two-conv CNN of McMahan et al. (2017): conv5x5(32), pool, conv5x5(64), pool, fc 512
+    (no normalization unless ``norm`` asks for one after each convolution)."""
     body = nn.Sequential(
-        nn.Conv2d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, 32, 5, padding=2), *_norm_layers(p, 32, "none"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), *_norm_layers(p, 64, "none"), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 512), nn.ReLU(),
     )
     return Classifier(body, nn.Linear(512, classes))
@@ -283,7 +309,7 @@ def resnet18(channels: int, size: int, classes: int, p: VisionParams) -> nn.Modu
     """CIFAR ResNet-18: 3x3 stem without max-pool, stages 64-128-256-512, P ~ 1.1e7."""
 
     def norm(c: int) -> nn.Module:
-        return _norm(p.norm, c, p.groups)
+        return _norm("group" if p.norm == "default" else p.norm, c, p.groups)
 
     layers: list[nn.Module] = [nn.Conv2d(channels, 64, 3, 1, 1, bias=False), norm(64), nn.ReLU()]
     c_in = 64
@@ -308,7 +334,7 @@ class VisionParams:
     dataset: str = "digits"
     root: str = "data"
     model: str = "digits_cnn"
-    norm: Literal["group", "batch"] = "group"
+    norm: Literal["default", "none", "group", "batch"] = "default"  # default: group (resnet18), none
     groups: int = 2  # GroupNorm groups (Hsieh et al. 2020 use 2 for federated ResNets)
     augment: bool = False
     test_subsample: int | None = None
@@ -316,6 +342,8 @@ class VisionParams:
     test_fraction: float = 0.2
     split_seed: int = 0
     eval_batch: int = 1000
+    amp: bool = False  # bfloat16 autocast of local training's forward passes
+    channels_last: bool = False  # NHWC images on CUDA (tensor-core convolutions)
 
     def check(self) -> list[tuple[str, str]]:
         out = []
@@ -330,6 +358,8 @@ class VisionParams:
                 out.append((key, f"must be >= 1 or null (all), got {v}"))
         if not 0 < self.test_fraction < 1:
             out.append(("test_fraction", f"must lie in (0, 1), got {self.test_fraction}"))
+        if self.model == "resnet18" and self.norm == "none":
+            out.append(("norm", "resnet18 needs a normalization layer: group or batch"))
         if self.groups < 1:
             out.append(("groups", f"must be >= 1, got {self.groups}"))
         if self.eval_batch < 1:
@@ -380,9 +410,18 @@ class Vision(Task):
         return builder(c, h, self.data.num_classes, self.params).to(self.dtype)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw images [n, C, H, W] -> standardized floats of the task dtype, same device."""
+        """Raw images [n, C, H, W] -> standardized floats of the task dtype, same device
+        (channels-last in memory on CUDA when ``channels_last`` is on)."""
         z = x.to(self.dtype) * self.data.scale
-        return (z - self._mean.to(x.device)) / self._std.to(x.device)
+        z = (z - self._mean.to(x.device)) / self._std.to(x.device)
+        if self.params.channels_last and z.is_cuda:
+            z = z.contiguous(memory_format=torch.channels_last)
+        return z
+
+    def autocast(self, device: torch.device):
+        """bfloat16 autocast on ``device`` when ``amp`` is on (meant for GPUs; CPUs support it
+        but rarely gain). Losses are computed in float32 by autocast's own rules."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.params.amp)
 
     def outputs(self, model, params, batch):
         return functional_call(model, params, (self.normalize(batch["x"]),))

@@ -28,7 +28,13 @@ def cell_of(w):
 
 
 def partition_spec(w):
-    return grid.partition_spec(config, w.task, w.partition, int(w.seed))
+    """Task and partition of a partition job; `fipa partition --seeds` sets each seed."""
+    return grid.partition_spec(config, w.task, w.partition, int(config["seeds"][0]))
+
+
+def partition_pattern(w):
+    """The partition job's output files, with `fipa partition`'s {seed} placeholder."""
+    return PART_FILE.replace("{task}", w.task).replace("{partition}", w.partition)
 
 
 def part_file(w):
@@ -120,12 +126,15 @@ def train_resources():
 
 # Cluster sizing of one training (or warm-up) job per task family: memory in MB and
 # wall time in minutes, both multiplied by the attempt number under --retries. Override
-# per run with e.g. --set-resources train:mem_mb=8000 train:runtime=240.
+# per run with e.g. --set-resources train_batch:mem_mb=8000 train_batch:runtime=240 (train for
+# the per-cell jobs of batch: false tasks).
 FAMILY_RESOURCES = {
     "regression": {"mem_mb": 1000, "runtime": 20},
     "pde": {"mem_mb": 4000, "runtime": 180},
     "vision": {"mem_mb": 16000, "runtime": 720},
 }
+
+
 def task_family(task):
     """The task family (regression, pde, vision) of a named task of the config."""
     return config["tasks"][task]["task"]["name"]

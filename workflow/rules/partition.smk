@@ -1,11 +1,13 @@
 rule partition:
     output:
-        PART_FILE,
+        expand(PART_FILE, seed=config["seeds"], allow_missing=True),
     log:
-        "results/logs/partition/{task}/{partition}/seed{seed}.log",
+        "results/logs/partition/{task}/{partition}.log",
     params:
         spec=lambda w: spec_text(partition_spec(w)),
+        seeds=" ".join(str(s) for s in config["seeds"]),
+        pattern=partition_pattern,
     conda:
         CONDA_ENV
     shell:
-        "fipa partition --spec {params.spec:q} -o {output} > {log} 2>&1"
+        "fipa partition --spec {params.spec:q} --seeds {params.seeds} -o {params.pattern:q} > {log} 2>&1"

@@ -36,7 +36,6 @@ rule figures:
 rule report:
     input:
         summary=SUMMARY,
-        figures=FIGURES,
         notebook=NOTEBOOK,
     output:
         notebook="results/report.ipynb",
