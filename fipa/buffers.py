@@ -22,18 +22,28 @@ from torch import nn
 Buffers = dict[str, torch.Tensor]
 
 
+def running_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's buffers that training updates: running statistics of normalization layers
+    (BatchNorm with ``track_running_stats``), by name. Constant buffers (a PINN's input box)
+    are not state and are left out."""
+    return {f"{prefix}.{name}" if prefix else name: buf
+            for prefix, mod in model.named_modules()
+            if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats
+            for name, buf in mod.named_buffers(recurse=False)}
+
+
 def has_buffers(model: nn.Module) -> bool:
-    return any(True for _ in model.buffers())
+    return bool(running_buffers(model))
 
 
 def read(model: nn.Module) -> Buffers:
-    """Copies of the module's buffers, keyed by name (empty for buffer-free models)."""
-    return {n: b.detach().clone() for n, b in model.named_buffers()}
+    """Copies of the module's running statistics, keyed by name (empty for models without)."""
+    return {n: b.detach().clone() for n, b in running_buffers(model).items()}
 
 
 def load(model: nn.Module, buffers: Buffers) -> None:
-    """Write ``buffers`` into the module's own buffers, in place (names must match)."""
-    own = dict(model.named_buffers())
+    """Write ``buffers`` into the module's running statistics, in place (names must match)."""
+    own = running_buffers(model)
     with torch.no_grad():
         for name, value in buffers.items():
             own[name].copy_(value)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
+from fipa import buffers
 from fipa.clients import ClientMethod, ClientState, make_optimizer
 from fipa.config import ClientConfig
 from fipa.curvature import (
@@ -105,7 +106,7 @@ def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module
     """
     if setting is False:
         return False, "vectorize: false"
-    if any(True for _ in model.buffers()):
+    if buffers.has_buffers(model):
         return False, "the model keeps running statistics (BatchNorm buffers)"
     why = unsupported(method, task)
     if why is not None:

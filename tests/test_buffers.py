@@ -94,3 +94,15 @@ def test_a_warmup_without_the_models_statistics_is_refused(tmp_path):
     refine = Simulation.build(parse_run_config(bn_run(warmup_checkpoint=str(tmp_path / "state.pt"))))
     with pytest.raises(ConfigError, match="running statistics for 0 buffers, the model has 6"):
         refine.initial_theta()
+
+
+def test_constant_buffers_are_not_running_statistics():
+    """A PINN's input box is a buffer that training never changes: no train/eval switching,
+    nothing averaged, and its clients still train stacked."""
+    pinn = {"task": {"name": "pde", "problem": "poisson1d", "n_domain": 24, "n_boundary": 2, "hidden": [8]},
+            "partition": {"scheme": "domain_split", "clients": 2, "pieces": 1},
+            "client": {"method": "local", "optimizer": "adam", "lr": 1e-3, "local_steps": 2},
+            "aggregator": {"name": "fedavg"}, "rounds": 1}
+    sim = Simulation.build(parse_run_config(pinn))
+    assert dict(sim.model.named_buffers()) and not buffers.has_buffers(sim.model)
+    assert sim.vectorized and buffers.read(sim.model) == {}

@@ -19,7 +19,7 @@
 #     run stops before any job, with a message naming the fix;
 #   - the workflow runs to results/summary.csv through profiles/slurm: every non-local
 #     job is a SLURM job (squeue's record of the run's job name: all COMPLETED), the six
-#     training cells run as two batch jobs of three (rule train_batch), and job status comes from squeue
+#     training cells run in one batch job (rule train_batch), and job status comes from squeue
 #     (sacct does not work on this cluster: no accounting database);
 #   - meanwhile a job that fails on the cluster (a config with fewer samples than
 #     clients, which only `fipa partition` checks) is reported FAILED, with the reason
@@ -252,8 +252,7 @@ checks() {
     log "ok: a missing or unknown partition stops the run before any job, naming the fix"
 
     # 2. the .test workflow on the cluster, up to results/summary.csv, in the background;
-    #    its six training cells in two batch jobs of three (one per seed), which run side
-    #    by side on this small node
+    #    its six training cells in one batch job
     export SBATCH_PARTITION=$PARTITION
     start_smk "$work/slurm.out" 330 "$work/slurm" results/summary.csv "${slurm[@]}"
     main_pid=$STARTED
@@ -284,17 +283,17 @@ checks() {
     RC=0
     wait "$main_pid" || RC=$?
     expect_rc 0 "$work/slurm.out" "SLURM run"
-    # 1 partition job (both seeds), 2 warm-up jobs, 2 batches of 3 training cells, collect
+    # 1 partition job (both seeds), 2 warm-up jobs, 1 batch of the 6 training cells, collect
     states=$(slurm_states "$work/slurm.out")
-    [[ $states == "6 COMPLETED" ]] || fail "SLURM jobs of the run: '$states', expected 6 COMPLETED"
+    [[ $states == "5 COMPLETED" ]] || fail "SLURM jobs of the run: '$states', expected 5 COMPLETED"
     n=$(grep -c "has been submitted with SLURM jobid" "$work/slurm.out" || true)
-    ((n == 6)) || fail "$n SLURM submissions in the run's output, expected 6"
+    ((n == 5)) || fail "$n SLURM submissions in the run's output, expected 5"
     n=$(grep -c "^Finished jobid: .* (Rule: train_batch)" "$work/slurm.out" || true)
-    ((n == 2)) || fail "$n training batch jobs finished, expected 2"
+    ((n == 1)) || fail "$n training batch jobs finished, expected 1"
     n=$(find "$work/slurm/results/runs" -name final.json | wc -l)
     ((n == 6)) || fail "$n training cells finished, expected 6"
     if sacct -n >/dev/null 2>&1; then fail "sacct works here, so squeue's status path went untested"; fi
-    log "ok: 6 SLURM jobs COMPLETED, the 6 training cells in 2 batch jobs; status from squeue (no sacct here)"
+    log "ok: 5 SLURM jobs COMPLETED, the 6 training cells in 1 batch job; status from squeue (no sacct here)"
 
     # 5. the same numbers as the local run
     RC=0

@@ -10,7 +10,7 @@ SUMMARY = "results/summary.csv"
 FIGURES = "results/figures"
 RUN_DIR = "results/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
 PART_FILE = "results/partitions/{task}/{partition}/seed{seed}.json"
-BATCH_FILE = "results/batches/{task}/{partition}/{method}/seed{seed}.json"
+BATCH_FILE = "results/batches/{task}/{partition}/{method}.json"
 CONDA_ENV = "../envs/fipa.yaml"
 NOTEBOOK = os.path.join(workflow.basedir, "..", "notebooks", "report.ipynb")
 
@@ -80,8 +80,8 @@ def batched(task):
 
 def grid_outputs():
     """What collect waits for: the record of each batch job, the final.json of each unbatched cell."""
-    outs = (BATCH_FILE.format(**vars(c)) if batched(c.task) else f"results/runs/{c.run_id}/final.json"
-            for c in CELLS)
+    outs = (BATCH_FILE.format(task=c.task, partition=c.partition, method=c.method) if batched(c.task)
+            else f"results/runs/{c.run_id}/final.json" for c in CELLS)
     return list(dict.fromkeys(outs))
 
 
@@ -90,9 +90,15 @@ def all_run_dirs():
 
 
 def batch_members(w):
-    """The cells of one batch job: every aggregator of the task for this partition, method and seed."""
-    return [c for c in CELLS if (c.task, c.partition, c.method, str(c.seed)) == (w.task, w.partition,
-                                                                                 w.method, w.seed)]
+    """The cells of one batch job: every aggregator and seed of the task for this partition and method."""
+    return [c for c in CELLS if (c.task, c.partition, c.method) == (w.task, w.partition, w.method)]
+
+
+def batch_inputs(w):
+    """The partition file and warm-up state (if any) of every seed of a batch."""
+    seeds = sorted({c.seed for c in batch_members(w)})
+    cells = [grid.Cell(w.task, w.partition, w.method, "", s) for s in seeds]
+    return [part_file(c) for c in cells] + [f for c in cells for f in warmup_input(c)]
 
 
 def batch_manifest(w):

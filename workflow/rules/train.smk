@@ -53,14 +53,13 @@ rule train:
 
 rule train_batch:
     input:
-        partition=PART_FILE,
-        warmup=warmup_input,
+        batch_inputs,
     output:
         BATCH_FILE,
     log:
-        "results/logs/train/{task}/{partition}/{method}/seed{seed}.log",
+        "results/logs/train/{task}/{partition}/{method}.log",
     benchmark:
-        "results/benchmarks/batches/{task}/{partition}/{method}/seed{seed}.tsv"
+        "results/benchmarks/batches/{task}/{partition}/{method}.tsv"
     threads: config["threads_per_job"]
     resources:
         mem_mb=train_mem_mb,
