@@ -79,5 +79,5 @@ class Adam(Optimizer):
         state["m"].lerp_(grad, 1 - b1)
         state["v"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
         step_size = self.lr / (1 - b1**t)
-        denom = (state["v"].sqrt() / math.sqrt(1 - b2**t)).add_(self.eps)
+        denom = state["v"].sqrt().div_(math.sqrt(1 - b2**t)).add_(self.eps)  # one temporary
         theta.addcdiv_(state["m"], denom, value=-step_size)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class ParamLayout:
         chunks = torch.split(flat, self.sizes)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
 
+    def unflatten_batched(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """stacked flat vectors [K, P] -> dict of views [K, *shape] (row k: client k's tensors)."""
+        chunks = torch.split(flat, self.sizes, dim=-1)
+        return {n: c.unflatten(-1, s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
+
     def flatten_batched(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """dict of tensors with a leading batch axis [B, ...] -> [B, P]."""
         first = params[self.names[0]]
@@ -52,3 +58,13 @@ def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
 def model_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a module's buffers (e.g. BatchNorm statistics)."""
     return {n: b.detach().clone() for n, b in model.named_buffers()}
+
+
+def call(model: nn.Module, params: dict[str, torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``model`` evaluated at ``params`` (functional): the model's own ``functional_forward``
+    where it has one (reads ``params`` directly, no reparametrization of its modules, e.g.
+    the stacked MLP of fipa/vectorized.py), else ``torch.func.functional_call``."""
+    forward = getattr(model, "functional_forward", None)
+    if forward is not None:
+        return forward(params, *args)
+    return functional_call(model, params, args)

@@ -13,6 +13,14 @@ and masking, never by truncation:
     client m steps while t < T_m (its own step count); afterwards its row of theta and
     of the optimizer state is left untouched (clients sorted by T_m: a shrinking prefix).
 
+Where the model is a plain MLP (``nn.Sequential`` of ``nn.Linear`` and elementwise layers),
+the method keeps the base ``objective`` and the task's ``outputs`` broadcasts over a leading
+client axis (``stacks_clients``, the regression task), the step skips vmap (``DirectGrad``):
+the task's ``outputs`` runs once on the model's stacked twin (``StackedMLP``: per linear
+layer one batched product W_k H_k + b_k for all K clients), then the same masked loss per
+client and one backward pass. Each step's shape is trimmed to the largest real minibatch
+among the clients still training (B_t <= B).
+
 The sequential path (``ClientMethod.train``) stays the reference; :func:`choose_path` is
 the size rule that picks between the two.
 """
@@ -37,6 +45,7 @@ from fipa.curvature import (
     ggn_diagonal,
     lowrank_factor,
 )
+from fipa.losses import per_sample_loss
 from fipa.params import ParamLayout
 from fipa.tasks.base import Batch, Task
 
@@ -72,16 +81,14 @@ def batch_plan(n: int, cfg: ClientConfig, gen: torch.Generator) -> torch.Tensor:
 def stack_padded(datas: list[Batch]) -> Batch:
     """Clients' data [N_m, ...] -> [M, max N_m, ...]; padding rows repeat the client's first sample
     (finite values: masked out, and 0 * a finite loss is exactly 0)."""
-    n_max = max(num_samples(d) for d in datas)
-    out = {}
-    for k in datas[0]:
-        rows = []
-        for d in datas:
-            v = d[k]
-            pad = v[:1].expand(n_max - v.shape[0], *v.shape[1:])
-            rows.append(torch.cat([v, pad]))
-        out[k] = torch.stack(rows)
-    return out
+    sizes = torch.tensor([num_samples(d) for d in datas])
+    starts = sizes.cumsum(0) - sizes  # offset of client m's samples in the concatenation
+    pos = torch.arange(int(sizes.max()))
+    # row i of client m: its sample i, or its sample 0 beyond its N_m
+    rows = starts[:, None] + torch.where(pos < sizes[:, None], pos, 0)  # [M, max N_m]
+    device = next(iter(datas[0].values())).device
+    rows = rows.to(device)
+    return {k: torch.cat([d[k] for d in datas])[rows] for k in datas[0]}
 
 
 def unsupported(method: ClientMethod, task: Task) -> str | None:
@@ -91,6 +98,12 @@ def unsupported(method: ClientMethod, task: Task) -> str | None:
     if callable(getattr(task, "train_batch", None)) and getattr(task.params, "augment", False):
         return "data augmentation draws per minibatch"
     return None
+
+
+def direct_path(method: ClientMethod, task: Task) -> bool:
+    """Whether the objective can skip vmap: the method keeps the base ``objective`` and the
+    task's ``outputs`` broadcasts over a leading client axis (``stacks_clients``)."""
+    return type(method).objective is ClientMethod.objective and getattr(task, "stacks_clients", False)
 
 
 def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module, num_params: int,
@@ -124,6 +137,148 @@ def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module
     if work > AUTO_VECTORIZE_WORK:
         return False, f"batch x parameters = {work} > {AUTO_VECTORIZE_WORK}"
     return True, f"batch x parameters = {work} <= {AUTO_VECTORIZE_WORK}"
+
+
+# layers that act elementwise (any input shape), so a stacked MLP applies them unchanged
+ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Softplus, nn.LeakyReLU, nn.ELU,
+               nn.Identity)
+
+
+class StackedLinear(nn.Module):
+    """Placeholders of K fully connected layers, for ``functional_call`` on a ``StackedMLP``:
+    ``weight`` [K, out, in], ``bias`` [K, out] (or None)."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(0, 0, 0))
+        self.bias = nn.Parameter(torch.empty(0, 0)) if bias else None
+
+
+class StackedMLP(nn.Module):
+    """The stacked twin of an MLP (``stacked_model``): x [K, n, in] -> f(x_k; theta_k) [K, n, out].
+
+    Layer by layer on the transposed activations H_k = h_k^T [K, width, n] (features first,
+    so every product and its gradients are contiguous):
+        linear:       H_k <- W_k H_k + b_k 1^T      (one baddbmm for all K clients)
+        elementwise:  H_k <- sigma(H_k)             (the original activation module)
+    Parameter names are the original model's (weights [K, out, in], biases [K, out]), so
+    ``functional_call`` works; ``functional_forward(params, x)`` (``fipa.params.call``)
+    reads them from the dict and skips the modules' reparametrization.
+    """
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+        # per layer: (weight key, bias key or None) of a linear layer, or the elementwise module
+        self._plan = [(f"{name}.weight", f"{name}.bias" if layer.bias is not None else None)
+                      if isinstance(layer, StackedLinear) else layer for name, layer in self.named_children()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.functional_forward(dict(self.named_parameters()), x)
+
+    def columns(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The same parameters with every bias as a column b [K, out, 1] (views), the shape
+        ``functional_forward`` adds it in (so that no reshaping enters the graph)."""
+        out = dict(params)
+        for step in self._plan:
+            if isinstance(step, tuple) and step[1] is not None:
+                out[step[1]] = params[step[1]].unsqueeze(-1)
+        return out
+
+    def functional_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """x [K, n, in] -> [K, n, out] at ``params`` (biases [K, out] or columns [K, out, 1])."""
+        h = x.transpose(-1, -2)  # H [K, in, n]
+        for step in self._plan:
+            if isinstance(step, tuple):
+                w, b = step
+                if b is None:
+                    h = torch.bmm(params[w], h)
+                    continue
+                bias = params[b]
+                # W H + b 1^T: baddbmm(b [K, out, 1], W [K, out, in], H [K, in, n])
+                h = torch.baddbmm(bias if bias.dim() == 3 else bias.unsqueeze(-1), params[w], h)
+            else:
+                h = step(h)  # elementwise: the same on [K, width, n] as on [n, width]
+        return h.transpose(-1, -2)  # [K, n, out]
+
+
+def stacked_model(model: nn.Module) -> StackedMLP | None:
+    """The stacked twin of an MLP: same parameter names, client axis first; else None.
+
+    Only for an ``nn.Sequential`` of ``nn.Linear`` and elementwise layers (``ELEMENTWISE``)
+    without buffers: client k's slice of the twin computes exactly ``model`` at theta_k.
+    """
+    if type(model) is not nn.Sequential or any(True for _ in model.buffers()):
+        return None
+    layers: list[nn.Module] = []
+    for layer in model:
+        if type(layer) is nn.Linear:
+            layers.append(StackedLinear(layer.bias is not None))
+        elif isinstance(layer, ELEMENTWISE) and not any(True for _ in layer.parameters()):
+            layers.append(layer)
+        else:
+            return None
+    return StackedMLP(layers)
+
+
+class DirectGrad:
+    """grad_fn factory of the stacked path without vmap over the objective.
+
+    ``ClientMethod.objective`` of K clients at once: the task's own ``outputs`` runs once on
+    the stacked twin (outputs [K, B, C]); the loss of client k is the masked mean
+    F_k = sum_i w_ki l_ki / n_k, as in ``objective``; the method's ``extra_loss``
+    (FedProx, FedDyn) runs under vmap over the clients. The graph starts at the layer
+    tensors of theta [K, P] (leaves [K, *shape], views of theta's rows), and the gradient
+    rows are their gradients concatenated. While the first K rows train (a bucket), the
+    leaves are made once (``bucket``) and follow the optimizer's in-place steps.
+    """
+
+    def __init__(self, method: ClientMethod, task: Task, twin: StackedMLP, layout: ParamLayout,
+                 theta0: torch.Tensor) -> None:
+        self.task, self.twin, self.layout = task, twin, layout
+        self.extra = None
+        if type(method).extra_loss is not ClientMethod.extra_loss:
+
+            def extra_one(flat: torch.Tensor, state: ClientState) -> torch.Tensor:
+                term = method.extra_loss(flat, theta0, state)
+                return flat.new_zeros(()) if term is None else term
+
+            self.extra = vmap(extra_one)
+        self._at: torch.Tensor | None = None
+        self._leaves: dict[str, torch.Tensor] = {}
+
+    def _new_leaves(self, at: torch.Tensor) -> dict[str, torch.Tensor]:
+        """theta [K, P] -> its layers [K, *shape] (biases as columns [K, out, 1]), as leaves
+        of a new graph; views of ``at``, so they see its in-place optimizer steps."""
+        views = self.twin.columns(self.layout.unflatten_batched(at))
+        return {n: v.detach().requires_grad_(True) for n, v in views.items()}
+
+    def bucket(self, theta: torch.Tensor) -> None:
+        """``theta`` [K, P] (the rows now training) is the point of the coming gradients."""
+        self._leaves, self._at = self._new_leaves(theta), theta
+
+    def __call__(self, batch: Batch, w: torch.Tensor, count: torch.Tensor, state: ClientState):
+        """(minibatch [K, B, ...], mask [K, B], n_k = sum_i w_ki [K], state [K, ...]) -> grad_fn."""
+        task = self.task
+        target = task.targets(batch).flatten(0, 1)  # [K B, ...]
+
+        def grad_fn(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # the bucket's rows themselves, or another point (FedSAM's perturbed theta)
+            params = self._leaves if at is self._at else self._new_leaves(at)
+            leaves = list(params.values())
+            out = task.outputs(self.twin, params, batch)  # [K, B, C]
+            per = per_sample_loss(task.loss_kind, out.flatten(0, 1), target).view(w.shape)  # l_ki
+            loss = (per * w).sum(-1) / count  # [K]
+            obj = loss
+            if self.extra is not None:
+                obj = loss + self.extra(torch.cat([v.flatten(1) for v in leaves], dim=1), state)
+            # rows are independent: d (sum_k F_k) / d theta_k = grad F_k(theta_k)
+            # (a scalar: explicit grad_outputs would make autograd import sympy for its shape check)
+            grads = torch.autograd.grad(obj.sum(), leaves)
+            return torch.cat([g.flatten(1) for g in grads], dim=1), loss.detach()
+
+        return grad_fn
 
 
 def _stacked_grad_fn(objective, batch: Batch, weights: torch.Tensor, state: ClientState):
@@ -167,12 +322,20 @@ def local_train(
     idx = torch.full((M, T, B), -1, dtype=torch.long)
     for i, p in enumerate(plans):
         idx[i, : p.shape[0], : p.shape[1]] = p
-    weights = (idx >= 0).to(device=device, dtype=theta0.dtype)  # [M, T, B]: 1 real, 0 padding
+    valid = idx >= 0
+    weights = valid.to(device=device, dtype=theta0.dtype)  # [M, T, B]: 1 real, 0 padding
+    counts = valid.sum(-1)  # [M, T] samples in each minibatch
     idx = idx.clamp_min(0).to(device)
     training = [sum(s > t for s in steps) for t in range(T)]  # K_t, clients still training
+    # B_t: the largest minibatch of step t among them; the padding beyond it is not computed
+    widths = [int(counts[:k, t].max()) for t, k in enumerate(training)]
+    counts = counts.to(device=device, dtype=theta0.dtype)
     data = stack_padded([datas[m] for m in order])  # [M, N, ...]
     rows = torch.arange(M, device=device)[:, None, None]
     stacked = {k: torch.stack([states[m][k] for m in order]) for k in states[0]}  # [M, P] each
+
+    twin = stacked_model(model) if direct_path(method, task) else None
+    direct = None if twin is None else DirectGrad(method, task, twin, layout, theta0)
 
     def client_objective(flat, batch, w, state):
         return method.objective(task, model, layout, flat, theta0, batch, state, mask=w)
@@ -183,16 +346,24 @@ def local_train(
     opt_state = opt.init(theta)
     per_sample = sum(v[0, 0].numel() for v in data.values())
     chunk = max(1, GATHER_NUMBERS // (M * B * per_sample))
+    K = 0
     for t0 in range(0, T, chunk):
         # minibatches of steps t0 .. t0 + chunk for every client: [M, chunk, B, ...]
         gathered = {k: v[rows, idx[:, t0 : t0 + chunk]] for k, v in data.items()}
         for t in range(t0, min(T, t0 + chunk)):
-            K = training[t]
-            batch = {k: v[:K, t - t0] for k, v in gathered.items()}
-            state = _rows(stacked, K)
-            grad_fn = _stacked_grad_fn(objective, batch, weights[:K, t], state)
-            direction, _ = method.direction(grad_fn, theta[:K], state)
-            opt.step(theta[:K], direction, _rows(opt_state, K))  # in place on the first K rows
+            if training[t] != K:  # a new bucket: views of the first K rows
+                K = training[t]
+                theta_k, state, opt_k = theta[:K], _rows(stacked, K), _rows(opt_state, K)
+                if direct is not None:
+                    direct.bucket(theta_k)
+            b = widths[t]
+            batch = {k: v[:K, t - t0, :b] for k, v in gathered.items()}
+            if direct is not None:
+                grad_fn = direct(batch, weights[:K, t, :b], counts[:K, t], state)
+            else:
+                grad_fn = _stacked_grad_fn(objective, batch, weights[:K, t, :b], state)
+            direction, _ = method.direction(grad_fn, theta_k, state)
+            opt.step(theta_k, direction, opt_k)  # in place on the first K rows
     out = torch.empty_like(theta)
     out[order] = theta
     for m in range(M):

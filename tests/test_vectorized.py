@@ -13,13 +13,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.func import functional_call
 
 from fipa.aggregators import AGGREGATORS
 from fipa.clients import CLIENT_METHODS, minibatches
 from fipa.config import ClientConfig, ConfigError, parse_run_config
 from fipa.curvature import CurvatureRequest, client_curvature
+from fipa.params import ParamLayout, call
 from fipa.simulate import Simulation, train
-from fipa.vectorized import AUTO_VECTORIZE_WORK, batch_plan, choose_path, round_curvature
+from fipa.tasks.regression import ACTIVATIONS, mlp
+from fipa.vectorized import (
+    AUTO_VECTORIZE_WORK,
+    batch_plan,
+    choose_path,
+    direct_path,
+    round_curvature,
+    stacked_model,
+)
 from tests.helpers import tiny
 
 RTOL = 1e-9
@@ -99,6 +109,37 @@ def test_batch_plan_is_minibatches_with_padding(n, batch_size, epochs, steps):
         assert row[row >= 0].tolist() == idx.tolist() and (row[len(idx):] == -1).all()
     # the same draws: both generators are left in the same state
     assert torch.equal(g1.get_state(), g2.get_state())
+
+
+# ----------------------------------------------------------------------------- stacked MLP
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_stacked_mlp_is_the_model_at_each_clients_theta(activation):
+    """Oracle: the model itself (functional_call at theta_k) on client k's inputs."""
+    torch.manual_seed(0)
+    model = mlp([2, 6, 5, 3], ACTIVATIONS[activation]).double()
+    layout = ParamLayout.of(model)
+    K, n = 4, 7
+    thetas = torch.randn(K, layout.numel, dtype=torch.float64)
+    x = torch.randn(K, n, 2, dtype=torch.float64)
+    want = torch.stack([functional_call(model, layout.unflatten(thetas[k]), (x[k],)) for k in range(K)])
+    twin = stacked_model(model)
+    params = layout.unflatten_batched(thetas)
+    for got in (call(twin, params, x), call(twin, twin.columns(params), x),
+                functional_call(twin, params, (x,))):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+
+
+def test_stacked_model_only_for_plain_mlps_and_direct_path_only_where_declared():
+    assert stacked_model(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))) is None
+    assert stacked_model(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Softmax(dim=1))) is None
+    assert stacked_model(torch.nn.Linear(2, 3)) is None
+    sim = Simulation.build(parse_run_config(tiny()))
+    assert stacked_model(sim.model) is not None and direct_path(sim.method, sim.task)
+    fedrcl = CLIENT_METHODS.get("fedrcl")(ClientConfig(method="fedrcl", params=None))
+    assert not direct_path(fedrcl, sim.task)  # its own objective: vmap path
+    assert not direct_path(sim.method, object())  # a task that does not declare stacks_clients
 
 
 # ----------------------------------------------------------------------------- equality

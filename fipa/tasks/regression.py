@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fipa.losses import mean_loss
+from fipa.params import call
 from fipa.partition import PartitionInput
 from fipa.registry import Registry
 from fipa.tasks.base import TASKS, Batch, Task
@@ -107,13 +108,16 @@ class Regression(Task):
     loss_kind = "mse"
     metrics = {"test_mse": "min"}
     primary_metric = "test_mse"
+    # ``outputs`` broadcasts over a leading client axis (x [K, n, d], a stacked model twin
+    # from fipa.vectorized.stacked_model): the vectorized path then needs no vmap
+    stacks_clients = True
 
     def __init__(self, params: RegressionParams, seed: int, dtype: torch.dtype) -> None:
         super().__init__(params, seed, dtype)
         self.target = TARGETS.get(params.target, key="task.target")
         lo = torch.tensor([b[0] for b in self.target.bounds], dtype=dtype)
         hi = torch.tensor([b[1] for b in self.target.bounds], dtype=dtype)
-        self._lo, self._hi = lo, hi
+        self._lo, self._span = lo, hi - lo
         g = torch.Generator().manual_seed(seed * 7919 + 17)
         d = len(self.target.bounds)
         self.x_train = lo + (hi - lo) * torch.rand(params.n_train, d, generator=g, dtype=dtype)
@@ -139,10 +143,10 @@ class Regression(Task):
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """Map the box onto [-1, 1]^d: [n, d] -> [n, d]."""
-        return 2 * (x - self._lo) / (self._hi - self._lo) - 1
+        return 2 * (x - self._lo) / self._span - 1
 
     def outputs(self, model, params, batch):
-        return functional_call(model, params, (self.scale(batch["x"]),))
+        return call(model, params, self.scale(batch["x"]))
 
     def evaluate(self, model, params) -> dict[str, float]:
         with torch.no_grad():
