@@ -1,4 +1,6 @@
 rule partition:
+    # partitions and warm-ups first: every training job waits for them
+    priority: 2
     output:
         expand(PART_FILE, seed=config["seeds"], allow_missing=True),
     log:

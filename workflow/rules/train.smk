@@ -1,4 +1,5 @@
 rule warmup:
+    priority: 1
     input:
         partition=PART_FILE,
     output:
