@@ -36,21 +36,25 @@ sys.path.insert(0, str(ROOT))
 TASKS = {
     "regression": {
         "task": {"name": "regression", "target": "multiscale_sine", "n_train": 512, "hidden": [32, 32]},
-        "partition": {"scheme": "domain_split", "pieces": 1},
         "client": {"method": "local", "optimizer": "adam", "lr": 0.01, "local_epochs": 10, "batch_size": 32},
     },
     "pde": {
         "task": {"name": "pde", "problem": "poisson1d", "n_domain": 400, "hidden": [32, 32, 32]},
-        "partition": {"scheme": "domain_split", "pieces": 1},
         "client": {"method": "local", "optimizer": "adam", "lr": 1.0e-3, "local_steps": 100},
     },
 }
 AGGREGATORS = {"fedavg": {"name": "fedavg"}, "fipa": {"name": "fipa", "rho": 1.0e-4, "rank": 10}}
 
 
-def run_config(task: str, clients: int, aggregator: str, method: str) -> dict:
+# domain_split (the default reproduction's, unequal client sizes) or iid (equal sizes: every
+# client takes the same number of local steps, so no step of the stacked path runs short-handed)
+PARTITIONS = {"domain_split": {"scheme": "domain_split", "pieces": 1}, "iid": {"scheme": "iid"}}
+
+
+def run_config(task: str, clients: int, aggregator: str, method: str,
+               partition: str = "domain_split") -> dict:
     cfg = copy.deepcopy(TASKS[task])
-    cfg["partition"]["clients"] = clients
+    cfg["partition"] = {**PARTITIONS[partition], "clients": clients}
     cfg["client"]["method"] = method
     cfg.update(aggregator=dict(AGGREGATORS[aggregator]), rounds=1, seed=0, dtype="float64")
     return cfg
@@ -83,7 +87,8 @@ def bench_rounds(args: argparse.Namespace) -> list[dict]:
     rows = []
     for task in args.tasks:
         for M in args.clients:
-            sim = Simulation.build(parse_run_config(run_config(task, M, args.aggregator, args.method)))
+            cfg = run_config(task, M, args.aggregator, args.method, args.partition)
+            sim = Simulation.build(parse_run_config(cfg))
             times: dict[bool, list[float]] = {False: [], True: []}
             for rep in range(args.reps + 1):  # the first repetition warms up both paths
                 for vec in (False, True):
@@ -175,6 +180,8 @@ def main() -> None:
     p.add_argument("--clients", nargs="+", type=int, default=[4, 16, 64])
     p.add_argument("--aggregator", default="fedavg", choices=list(AGGREGATORS))
     p.add_argument("--method", default="local", help="client method (local, fedprox, scaffold, ...)")
+    p.add_argument("--partition", default="domain_split", choices=list(PARTITIONS),
+                   help="how the task's samples are split among the M clients")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per path (after one warm-up)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--reproduction", action="store_true",
@@ -193,7 +200,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), aggregator {args.aggregator}, "
-          f"method {args.method}, best of {args.reps}")
+          f"method {args.method}, partition {args.partition}, best of {args.reps}")
     bench_rounds(args)
 
 

@@ -304,30 +304,43 @@ def fipa_direction(
     """The FIPA update [P] from deltas [P] and factors A_m [r_m, P]; never forms P x P.
 
     Streams over column blocks of the factors (no stacked copy of B): O(P R^2) time,
-    O(P + R^2) extra memory. The R x R problem is solved in float64.
+    O(P + R chunk) extra memory. The R x R problem is solved in float64. B = diag(t) A with
+    A = [A_1; ...; A_M] unscaled and t = sqrt(w_m) on client m's rows, so the column blocks
+    are A's (one float64 buffer, each client's rows copied in: one pass over the factors)
+    and the row scales t enter only the R x R and R-vector algebra.
     """
     P = deltas[0].numel()
-    sw = weights.to(torch.float64).sqrt()
     dbar = torch.zeros_like(deltas[0])
     for wm, d in zip(weights, deltas, strict=True):
         dbar.add_(d, alpha=float(wm))
 
-    def block(cols: slice) -> torch.Tensor:
-        # rows of B restricted to these columns, in float64: [R, c]
-        return torch.cat([float(s) * A[:, cols].to(torch.float64) for s, A in zip(sw, factors, strict=True)])
+    ranks = torch.tensor([A.shape[0] for A in factors])
+    R, offsets = int(ranks.sum()), [0, *ranks.cumsum(0).tolist()]
+    rows_of = [slice(offsets[m], offsets[m + 1]) for m in range(len(factors))]
+    device = deltas[0].device
+    t = weights.to(torch.float64).sqrt().repeat_interleave(ranks).to(device)  # [R]
+    buffer = torch.empty(R, min(chunk, P), dtype=torch.float64, device=device)
 
-    R = sum(A.shape[0] for A in factors)
-    gram = torch.zeros(R, R, dtype=torch.float64)  # G = B B^T
-    c = torch.zeros(R, dtype=torch.float64)  # c_m = sqrt(w_m) A_m delta_m
-    b_dbar = torch.zeros(R, dtype=torch.float64)  # B dbar
-    offsets = torch.tensor([0] + [A.shape[0] for A in factors]).cumsum(0).tolist()
+    def block(cols: slice) -> torch.Tensor:
+        # rows of A restricted to these columns, in float64: [R, c] (a view of ``buffer``)
+        out = buffer[:, : cols.stop - cols.start]
+        for rows, A in zip(rows_of, factors, strict=True):
+            out[rows].copy_(A[:, cols])
+        return out
+
+    gram = torch.zeros(R, R, dtype=torch.float64, device=device)  # A A^T
+    c = torch.zeros(R, dtype=torch.float64, device=device)  # A_m delta_m
+    b_dbar = torch.zeros(R, dtype=torch.float64, device=device)  # A dbar
     for cols in _column_chunks(P, chunk):
-        Bc = block(cols)
-        gram += Bc @ Bc.T
-        b_dbar += Bc @ dbar[cols].to(torch.float64)
-        for m, d in enumerate(deltas):
-            rows = slice(offsets[m], offsets[m + 1])
-            c[rows] += Bc[rows] @ d[cols].to(torch.float64)
+        Ac = block(cols)
+        gram.addmm_(Ac, Ac.T)
+        b_dbar.addmv_(Ac, dbar[cols].to(torch.float64))
+        for rows, d in zip(rows_of, deltas, strict=True):
+            c[rows].addmv_(Ac[rows], d[cols].to(torch.float64))
+    # scale the rows: G = B B^T = diag(t) A A^T diag(t), c_m = sqrt(w_m) A_m delta_m, B dbar
+    gram.mul_(t[:, None] * t[None, :])
+    c.mul_(t)
+    b_dbar.mul_(t)
 
     # eigen-decompose the Gram matrix: G = U diag(s^2) U^T, so H = Q diag(s^2) Q^T, Q = B^T U / s
     e, U = torch.linalg.eigh(gram)
@@ -342,9 +355,9 @@ def fipa_direction(
     if use_complement:
         # (I - Pi) dbar = dbar - Q Q^T dbar: subtract Q^T dbar from the range coordinates
         coef = coef - U.T @ b_dbar / s
-    z = U @ (coef / s)  # Q coef = B^T z
+    z = t * (U @ (coef / s))  # Q coef = B^T U (coef / s) = A^T z
     out = dbar.clone() if use_complement else torch.zeros_like(dbar)
     for cols in _column_chunks(P, chunk):
-        # apply B^T to the row coefficients: z -> B^T z, one column block at a time
+        # apply A^T to the row coefficients: z -> A^T z, one column block at a time
         out[cols] += (block(cols).T @ z).to(out.dtype)
     return out
