@@ -10,6 +10,12 @@ the best of ``--reps`` repetitions is reported with the ratio sequential / vecto
     .venv/bin/python benchmarks/bench_round.py --threads 2
     .venv/bin/python benchmarks/bench_round.py --tasks regression --clients 16 --aggregator fipa
     .venv/bin/python benchmarks/bench_round.py --reproduction     # whole default grid, seq vs auto
+    .venv/bin/python benchmarks/bench_round.py --runs 1 9 27      # the runs axis: N runs x M = 4
+
+``--runs`` builds N runs of each task (seeds 0 .. N-1, M = 4 clients, the chosen aggregator)
+and times one round of all of them two ways, interleaved: each run on its own vectorized
+path (today's per-run path, run after run) against all runs' clients stacked in one call
+(``simulate.train_rows``, the lockstep of a batch job); it prints ms per round per run.
 
 ``--reproduction`` copies the repository's tracked files (no results/, no .venv) into a
 temporary directory and times ``snakemake --cores 2`` on config/config.yaml twice:
@@ -106,6 +112,53 @@ def bench_rounds(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def time_runs_round(sims: list, rnd: int, stacked: bool) -> float:
+    """Seconds of round ``rnd`` of every run in ``sims``: per run, or all rows in one call."""
+    from fipa.simulate import sample_clients, train_rows
+
+    thetas = [sim.initial_theta() for sim in sims]
+    t0 = time.perf_counter()
+    chosen = [sample_clients(sim.cfg.seed, rnd, len(sim.data), sim.cfg.participation) for sim in sims]
+    for sim in sims:
+        sim.method.begin_round({}, rnd)
+    if stacked:
+        rows = [row for sim, th, ch in zip(sims, thetas, chosen, strict=True)
+                for row in sim.rows(th, rnd, ch, {})]
+        updates = iter(train_rows(rows, True))
+        per_run = [[next(updates) for _ in ch] for ch in chosen]
+    else:
+        per_run = [sim.round_updates(th, rnd, ch, {})
+                   for sim, th, ch in zip(sims, thetas, chosen, strict=True)]
+    for sim, th, ups in zip(sims, thetas, per_run, strict=True):
+        sim.aggregator.step(th, ups, sim.aggregator.init_state(th))
+    return time.perf_counter() - t0
+
+
+def bench_runs(args: argparse.Namespace) -> list[dict]:
+    from fipa.config import parse_run_config
+    from fipa.simulate import Simulation
+
+    rows = []
+    for task in args.tasks:
+        for N in args.runs:
+            sims = [Simulation.build(parse_run_config({**run_config(task, 4, args.aggregator, args.method,
+                                                                    args.partition), "seed": s}))
+                    for s in range(N)]
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for rep in range(args.reps + 1):
+                for stacked in (False, True):
+                    t = time_runs_round(sims, 1 + rep % 3, stacked)
+                    if rep:
+                        times[stacked].append(t)
+            alone, stack = (statistics.median(times[k]) * 1e3 / N for k in (False, True))
+            rows.append({"task": task, "runs": N, "per_run_ms": alone, "stacked_ms": stack,
+                         "ratio": alone / stack})
+            print(f"{task:10s} runs={N:3d} x M=4  per-run vectorized {alone:8.1f} ms/round/run  "
+                  f"stacked {stack:8.1f} ms/round/run  ratio {alone / stack:5.2f}x (medians of {args.reps})",
+                  flush=True)
+    return rows
+
+
 # ----------------------------------------------------------------------------- reproduction
 
 
@@ -182,6 +235,8 @@ def main() -> None:
     p.add_argument("--method", default="local", help="client method (local, fedprox, scaffold, ...)")
     p.add_argument("--partition", default="domain_split", choices=list(PARTITIONS),
                    help="how the task's samples are split among the M clients")
+    p.add_argument("--runs", nargs="+", type=int, default=None,
+                   help="the runs axis instead: time N runs x 4 clients per-run against stacked")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per path (after one warm-up)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--reproduction", action="store_true",
@@ -201,7 +256,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), aggregator {args.aggregator}, "
           f"method {args.method}, partition {args.partition}, best of {args.reps}")
-    bench_rounds(args)
+    if args.runs:
+        bench_runs(args)
+    else:
+        bench_rounds(args)
 
 
 if __name__ == "__main__":

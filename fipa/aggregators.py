@@ -6,6 +6,8 @@ theta^{k+1} [P]. Client m's weight is w_m = N_m / sum_j N_j over the round's cli
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -25,6 +27,7 @@ class ClientUpdate:
     eigvals: torch.Tensor | None = None  # sigma_m [r]
     diag: torch.Tensor | None = None  # diag(H_m) [P]
     buffers: dict[str, torch.Tensor] | None = None  # BatchNorm statistics after local training
+    client: int = -1  # the client's index (set by the round loop; keys FIPA's curvature memory)
 
     @property
     def uplink_numbers(self) -> int:
@@ -41,11 +44,34 @@ class ClientUpdate:
 State = dict[str, torch.Tensor]
 
 
+@dataclass
+class LossProbe:
+    """The round's clients' weighted task loss at a candidate model: one scalar uplink per client.
+
+    ``loss(theta)`` [P] -> sum_m w_m L_m(theta), L_m client m's mean task loss on its full local
+    data (one forward pass per client, ``clients`` passes per call). ``hessian_scale``: the
+    Hessian of that loss in the outputs is ``hessian_scale`` times the L_i of the uploaded
+    curvature factors (2 for squared error, whose factors are the GGN of half of it; 1 for
+    cross-entropy), so the true GGN of sum_m w_m L_m is hessian_scale * H.
+    """
+
+    loss: Callable[[torch.Tensor], float]
+    clients: int
+    hessian_scale: float = 1.0
+
+
 class Aggregator:
-    """Base class: FedAvg-style weights and an empty server state."""
+    """Base class: FedAvg-style weights and an empty server state.
+
+    Capabilities a subclass declares (the round loop reads them; nothing is probed):
+    ``pools_clients``: one client holds the union of all data (the centralized reference);
+    ``needs_loss_probe``: ``step`` takes a keyword ``probe``, a :class:`LossProbe` of the
+    round's clients, to measure the actual loss at candidate steps (trust-region damping).
+    """
 
     Params: ClassVar[type]
     pools_clients: ClassVar[bool] = False  # True: one client holds the union of all data
+    needs_loss_probe: ClassVar[bool] = False  # True: step(..., probe=LossProbe)
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -60,6 +86,11 @@ class Aggregator:
     def step(self, theta: torch.Tensor, updates: list[ClientUpdate], state: State) -> torch.Tensor:
         """theta^k [P], uploads -> theta^{k+1} [P]; may update ``state`` in place."""
         raise NotImplementedError
+
+    def stats(self, state: State) -> dict[str, float]:
+        """Scalars of the server state recorded per evaluated round (metrics.csv columns, in
+        this order) and at the end (final.json ``aggregator_stats``); none by default."""
+        return {}
 
 
 AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator")
@@ -103,7 +134,13 @@ class FedAvg(Aggregator):
 
 @AGGREGATORS.register("centralized")
 class Centralized(FedAvg):
-    """Reference: one client holding all the data, the same rounds and local epochs."""
+    """Reference: one model on the union of all clients' data, one persistent optimizer state.
+
+    It takes as many optimizer steps as one client over the run (rounds x one client's steps
+    per round; ``simulate.centralized_client``) without restarting its optimizer between
+    rounds, and is evaluated at the same rounds as the federated runs, so its curve is one
+    uninterrupted centralized training drawn beside theirs.
+    """
 
     pools_clients = True
 
@@ -232,9 +269,14 @@ class DiagFisher(Aggregator):
 
 @dataclass
 class FIPAParams(ServerLRParams):
-    """Damping lambda = rho * lambda_max(H); rank r eigenpairs per client."""
+    """FIPA's knobs. ``damping``, ``memory`` and the constants after them are documented on
+    the FIPA class (the rule) and in config/README.md.
 
-    rho: float = 1e-3
+    The dataclass defaults (``damping: fixed``, ``memory: none``) keep every config written
+    before adaptive damping existed bit for bit; config/config.yaml's ``fipa`` entry opts in.
+    """
+
+    rho: float = 1e-3  # fixed: lambda = rho lambda_max(H); adaptive: rho of round 1
     complement: Literal["fedavg", "none"] = "fedavg"
     rank: int = 10
     curvature_samples: int | None = None
@@ -244,6 +286,22 @@ class FIPAParams(ServerLRParams):
     curvature_fisher: Literal["ggn", "sampled"] = "ggn"
     oversample: int = 10
     power_iters: int = 4
+    # ---- damping (FIPA class docstring)
+    # fixed: lambda = rho lambda_max(H); adaptive: lambda >= the truncation level tau;
+    # trust_region: adaptive plus a Levenberg-Marquardt test of each step on the clients' loss
+    damping: Literal["fixed", "adaptive", "trust_region"] = "fixed"
+    # curvature: the server keeps each client's last factor; absent clients enter H with delta 0
+    memory: Literal["none", "curvature"] = "none"
+    truncation: float = 1.0  # adaptive, trust_region: lambda >= truncation * tau
+    # ---- trust_region only: rho lives in the server state
+    rho_min: float = 1e-8  # rho stays in [rho_min, rho_max]; rho_min > 0 so that it can grow
+    rho_max: float = 1e2  # at 1e2 the step is dbar up to ~1% (lambda >> every eigenvalue)
+    rho_increase: float = 4.0  # rho *= this after a poor (ratio < shrink_below) or rejected step
+    rho_decrease: float = 2.0  # rho /= this after a good step (ratio > expand_above)
+    shrink_below: float = 0.25  # ratio = actual / predicted decrease below this: grow rho
+    expand_above: float = 0.75  # ratio above this: relax rho
+    accept_increase: float = 0.0  # reject a step whose loss exceeds (1 + this) L(theta^k)
+    max_retries: int = 3  # rejected steps retried with rho *= rho_increase; then eta_s dbar
 
     def check(self):
         out = super().check()
@@ -259,6 +317,19 @@ class FIPAParams(ServerLRParams):
             out.append(("oversample", f"must be >= 0 extra probe vectors, got {self.oversample}"))
         if self.power_iters < 0:
             out.append(("power_iters", f"must be >= 0, got {self.power_iters}"))
+        for key in ("truncation", "accept_increase"):
+            if getattr(self, key) < 0:
+                out.append((key, f"must be >= 0, got {getattr(self, key)}"))
+        if not 0 < self.rho_min <= self.rho_max:
+            out.append(("rho_min", f"need 0 < rho_min <= rho_max, got {self.rho_min}, {self.rho_max}"))
+        for key in ("rho_increase", "rho_decrease"):
+            if getattr(self, key) <= 1:
+                out.append((key, f"must be > 1, got {getattr(self, key)}"))
+        if self.shrink_below > self.expand_above:
+            out.append(("shrink_below", "must be <= expand_above, got "
+                        f"{self.shrink_below} > {self.expand_above}"))
+        if self.max_retries < 0:
+            out.append(("max_retries", f"must be >= 0, got {self.max_retries}"))
         return out
 
 
@@ -271,9 +342,45 @@ class FIPA(Aggregator):
     update = (H + lambda I)^-1 g                     (lambda = rho lambda_max(H) > 0)
            = pinv(H) B^T c + (I - Pi) dbar            (lambda = 0, complement fedavg)
     theta^{k+1} = theta^k + eta_s update
+
+    ``memory: curvature`` (server memory O(M r P)): the server keeps every client's last
+    factor A_j and sample count; a client j absent from round k enters H (and lambda_max(H))
+    with its stale H_j, weight w_j = N_j / sum N over the round's and the remembered clients,
+    and delta_j = 0 (it asks to stay where it is), while dbar averages the round's clients
+    only. Absent clients' curvature thus damps the step in the directions their data
+    determine; with full participation nothing changes.
+
+    ``damping: fixed``: lambda = rho lambda_max(H), rho the config's, every round.
+    ``damping: adaptive``:
+        lambda = max(rho lambda_max(H), truncation * tau),   tau = sum_m w_m sigma_{m,r},
+    tau bounding the curvature that the clients' rank-r truncation hides from the server
+    (client m's unsent eigenvalues are <= sigma_{m,r}, its smallest sent one; a client that
+    sent fewer than r pairs hides nothing; with memory, absent clients count too). Where H's
+    spectrum is steep (heterogeneous clients, early training) tau << rho lambda_max and this
+    is fixed damping; where it is flat (iid clients, late training) the unseen curvature is
+    as large as the seen one, the Gauss-Newton step is noise there, and lambda follows tau
+    towards the averaging step.
+    ``damping: trust_region``: as adaptive, with rho in the server state (initially the
+    config's, clamped to [rho_min, rho_max]) and a Levenberg-Marquardt test on the clients'
+    measured loss L(theta) = sum_m w_m L_m(theta) (round's clients; each reports its task
+    loss on all local data at theta^k and at each candidate: one forward pass and one scalar
+    per client and evaluation, counted in ``loss_probe_passes``). The server's model of L
+    is that of local minimizers, L(theta^k + u) ~ L* + kappa/2 sum_m w_m (u - delta_m)^T
+    H_m (u - delta_m), kappa the probe's ``hessian_scale`` (2 for squared error, whose H_m
+    is half its GGN; 1 for cross-entropy); for the step s = eta_s update it predicts
+        pred = kappa (s^T B^T c - 1/2 ||B s||^2)     (O(R) from s's coordinates in range(H)),
+    and actual = L(theta^k) - L(theta^k + s), ratio = actual / pred:
+        L(theta^k + s) > (1 + accept_increase) L(theta^k), or not finite: reject;
+            rho <- min(rho rho_increase, rho_max) and retry (same eigendecomposition: one
+            back-projection and one probe), at most max_retries times; then s = eta_s dbar;
+        else accept, and ratio < shrink_below: rho <- min(rho rho_increase, rho_max);
+                         ratio > expand_above: rho <- max(rho / rho_decrease, rho_min);
+                         otherwise, or pred <= 0 (no meaningful ratio): rho unchanged.
+    ``server_lr`` scales the candidate step and the test judges that scaled step.
     """
 
     Params = FIPAParams
+    needs_loss_probe = True  # called by damping "trust_region" only
 
     def curvature_request(self):
         p = self.params
@@ -282,19 +389,226 @@ class FIPA(Aggregator):
             fisher=p.curvature_fisher, oversample=p.oversample, power_iters=p.power_iters,
         )
 
-    def step(self, theta, updates, state):
-        factors = [u.factor for u in updates]
-        deltas = [u.delta for u in updates]
-        direction = fipa_direction(
-            deltas, factors, client_weights(updates), self.params.rho,
-            self.params.complement, self.params.chunk,
-        )
-        return theta + self.params.server_lr * direction
+    def init_state(self, theta):
+        p = self.params
+        if p.damping == "fixed":
+            return {}
+        f64 = torch.float64
+        # rho_effective = lambda / lambda_max(H) of the last step; lambda_floor = truncation * tau
+        out = {"rho_effective": torch.tensor(p.rho, dtype=f64), "lambda_floor": torch.tensor(0.0, dtype=f64)}
+        if p.damping == "trust_region":
+            out.update(rho=torch.tensor(min(max(p.rho, p.rho_min), p.rho_max), dtype=f64),
+                       ratio=torch.tensor(math.nan, dtype=f64), rejected_steps=torch.tensor(0),
+                       fallback_steps=torch.tensor(0), loss_probe_passes=torch.tensor(0))
+        return out
+
+    _STATS: ClassVar[dict[str, type]] = {
+        "rho_effective": float, "lambda_floor": float, "rho": float, "ratio": float,
+        "rejected_steps": int, "fallback_steps": int, "loss_probe_passes": int}
+
+    def stats(self, state):
+        # metrics.csv columns: damping_rho_effective, ..., damping_loss_probe_passes
+        return {f"damping_{k}": cast(state[k]) for k, cast in self._STATS.items() if k in state}
+
+    def step(self, theta, updates, state, probe: LossProbe | None = None):
+        p = self.params
+        deltas, factors = [u.delta for u in updates], [u.factor for u in updates]
+        if p.memory == "curvature":
+            system = FIPASystem(deltas, factors, *self._with_memory(updates, state), chunk=p.chunk)
+        else:
+            system = FIPASystem(deltas, factors, client_weights(updates), chunk=p.chunk)
+        if p.damping == "fixed":
+            return theta + p.server_lr * system.direction(system.coefficients(p.rho), p.complement)
+        floor = p.truncation * system.truncation_level(p.rank)
+        state["lambda_floor"].fill_(floor)
+        if p.damping == "adaptive":
+            state["rho_effective"].fill_(system.relative_damping(p.rho, floor))
+            return theta + p.server_lr * system.direction(system.coefficients(p.rho, floor), p.complement)
+        if probe is None:
+            raise ValueError("fipa damping 'trust_region' needs the round loop's loss probe (probe=...)")
+        return self._trust_region_step(theta, system, floor, state, probe)
+
+    @staticmethod
+    def _with_memory(updates: list[ClientUpdate], state: State):
+        """(weights [M], anchors) of ``memory: curvature``; stores the round's factors in ``state``.
+
+        Anchors: (A_j, w_j) of every remembered client absent this round, by client index;
+        weights over the round's and the remembered clients together.
+        """
+        present = {u.client for u in updates}
+        if -1 in present:
+            raise ValueError("fipa memory 'curvature' needs ClientUpdate.client (set by the round loop)")
+        absent = sorted(int(k.rsplit(".", 1)[1]) for k in state if k.startswith("memory.samples."))
+        absent = [j for j in absent if j not in present]
+        counts = [u.num_samples for u in updates] + [int(state[f"memory.samples.{j}"]) for j in absent]
+        w = torch.tensor(counts, dtype=torch.float64) / float(sum(counts))
+        anchors = [(state[f"memory.factor.{j}"], w[len(updates) + i]) for i, j in enumerate(absent)]
+        for u in updates:  # remember this round's curvature for the rounds a client sits out
+            state[f"memory.factor.{u.client}"] = u.factor.detach().clone()
+            state[f"memory.samples.{u.client}"] = torch.tensor(u.num_samples)
+        return w[: len(updates)], anchors
+
+    def _trust_region_step(self, theta: torch.Tensor, system: FIPASystem, floor: float, state: State,
+                           probe: LossProbe) -> torch.Tensor:
+        """One accepted step of the trust_region rule (class docstring); updates rho and counters."""
+        p = self.params
+        eta, rho = p.server_lr, float(state["rho"])
+
+        def loss(at: torch.Tensor) -> float:
+            state["loss_probe_passes"] += probe.clients  # one forward pass per client
+            return probe.loss(at)
+
+        before = loss(theta)
+        for _ in range(p.max_retries + 1):
+            coef = system.coefficients(rho, floor)
+            candidate = theta + eta * system.direction(coef, p.complement)
+            after = loss(candidate)
+            if after <= before + p.accept_increase * abs(before):  # NaN compares False: rejected
+                state["rho_effective"].fill_(system.relative_damping(rho, floor))
+                pred = probe.hessian_scale * system.model_decrease(coef, eta)
+                ratio = (before - after) / pred if pred > 0 else math.nan
+                if ratio < p.shrink_below:
+                    rho = min(rho * p.rho_increase, p.rho_max)
+                elif ratio > p.expand_above:
+                    rho = max(rho / p.rho_decrease, p.rho_min)
+                state["rho"].fill_(rho)
+                state["ratio"].fill_(ratio)
+                return candidate
+            state["rejected_steps"] += 1
+            rho = min(rho * p.rho_increase, p.rho_max)
+        # every damped candidate failed the test: the averaging step, lambda -> infinity
+        state["rho"].fill_(rho)
+        state["rho_effective"].fill_(math.inf)
+        state["ratio"].fill_(math.nan)
+        state["fallback_steps"] += 1
+        return theta + eta * system.dbar
 
 
 def _column_chunks(P: int, chunk: int):
     for i in range(0, P, chunk):
         yield slice(i, min(i + chunk, P))
+
+
+class FIPASystem:
+    """One round's server problem, reduced to range(H): built once, solved for any lambda.
+
+    Streams over column blocks of the factors (no stacked copy of B): O(P R^2) time,
+    O(P + R chunk) extra memory. The R x R problem is solved in float64. B = diag(t) A with
+    A = [A_1; ...; A_M] unscaled and t = sqrt(w_m) on client m's rows, so the column blocks
+    are A's (one float64 buffer, each client's rows copied in: one pass over the factors)
+    and the row scales t enter only the R x R and R-vector algebra.
+
+    G = B B^T = U diag(e) U^T [R, R] (eigenvalues at round-off dropped), s = sqrt(e); the
+    columns of Q = B^T U / s are an orthonormal basis of range(H), H = Q diag(e) Q^T. Only
+    the coordinates a = Q^T update = Q^T g / (e + lambda) depend on lambda, so a retry with
+    another damping costs O(R^2) and one back-projection, never a new eigendecomposition.
+    ``anchors`` (A_j, w_j): extra rows of B with delta_j = 0 (FIPA's curvature memory); then
+    dbar averages the deltas with weights / sum(weights). Non-finite deltas or factors give a
+    NaN direction (the round loop ends the run diverged), never an eigensolver error.
+    """
+
+    def __init__(self, deltas: list[torch.Tensor], factors: list[torch.Tensor], weights: torch.Tensor,
+                 anchors: list[tuple[torch.Tensor, torch.Tensor]] = (), chunk: int = 1 << 16) -> None:
+        P = deltas[0].numel()
+        self.P, self.chunk = P, chunk
+        dbar = torch.zeros_like(deltas[0])
+        dbar_w = weights / weights.sum() if anchors else weights
+        for wm, d in zip(dbar_w, deltas, strict=True):
+            dbar.add_(d, alpha=float(wm))
+        self.dbar = dbar  # sum_m w_m delta_m [P]
+
+        self.factors = [*factors, *(A for A, _ in anchors)]
+        if anchors:
+            weights = torch.cat([weights.to(torch.float64), torch.stack([w for _, w in anchors])])
+        ranks = torch.tensor([A.shape[0] for A in self.factors])
+        R, offsets = int(ranks.sum()), [0, *ranks.cumsum(0).tolist()]
+        self.rows_of = [slice(offsets[m], offsets[m + 1]) for m in range(len(self.factors))]
+        device = deltas[0].device
+        t = weights.to(torch.float64).sqrt().repeat_interleave(ranks).to(device)  # [R]
+        self.t = t
+        self.buffer = torch.empty(R, min(chunk, P), dtype=torch.float64, device=device)
+
+        gram = torch.zeros(R, R, dtype=torch.float64, device=device)  # A A^T
+        c = torch.zeros(R, dtype=torch.float64, device=device)  # A_m delta_m (0 on anchor rows)
+        b_dbar = torch.zeros(R, dtype=torch.float64, device=device)  # A dbar
+        for cols in _column_chunks(P, chunk):
+            Ac = self.block(cols)
+            gram.addmm_(Ac, Ac.T)
+            b_dbar.addmv_(Ac, dbar[cols].to(torch.float64))
+            for rows, d in zip(self.rows_of, deltas, strict=False):
+                c[rows].addmv_(Ac[rows], d[cols].to(torch.float64))
+        # scale the rows: G = B B^T = diag(t) A A^T diag(t), c_m = sqrt(w_m) A_m delta_m, B dbar
+        gram.mul_(t[:, None] * t[None, :])
+        c.mul_(t)
+        b_dbar.mul_(t)
+        self.row_curvature = gram.diagonal().clone()  # w_m ||A_m,i||^2 = w_m sigma_m,i  [R]
+        self.finite = bool(torch.isfinite(gram).all() and torch.isfinite(c).all()
+                           and torch.isfinite(b_dbar).all() and torch.isfinite(dbar).all())
+        if not self.finite:  # eigh of a non-finite matrix may fail or hang: skip it
+            return
+
+        # eigen-decompose the Gram matrix: G = U diag(s^2) U^T, so H = Q diag(s^2) Q^T, Q = B^T U / s
+        e, U = torch.linalg.eigh(gram)
+        keep = e > e.max().clamp_min(0) * R * torch.finfo(torch.float64).eps * 10
+        self.e, self.U = e[keep], U[:, keep]
+        self.s = self.e.sqrt()
+        self.uc = self.U.T @ c  # U^T c
+        self.ub = self.U.T @ b_dbar  # U^T B dbar
+
+    def block(self, cols: slice) -> torch.Tensor:
+        """Rows of A restricted to these columns, in float64: [R, c] (a view of the buffer)."""
+        out = self.buffer[:, : cols.stop - cols.start]
+        for rows, A in zip(self.rows_of, self.factors, strict=True):
+            out[rows].copy_(A[:, cols])
+        return out
+
+    def truncation_level(self, rank: int) -> float:
+        """tau = sum_m w_m sigma_{m,r}: the largest curvature per direction that rank-r
+        truncation hides (a factor with fewer than ``rank`` rows is complete: hides none)."""
+        return sum(float(self.row_curvature[rows].min()) for rows in self.rows_of
+                   if rows.stop - rows.start >= rank)
+
+    def relative_damping(self, rho: float, floor: float = 0.0) -> float:
+        """lambda / lambda_max(H) of :meth:`coefficients` (rho where the floor does not bind)."""
+        lam_max = float(self.e.max()) if self.finite and self.e.numel() else 0.0
+        return max(float(rho), floor / lam_max) if lam_max > 0 else float(rho)
+
+    def coefficients(self, rho: float, floor: float = 0.0) -> torch.Tensor:
+        """a = Q^T (H + lambda I)^-1 g [R'], lambda = max(rho lambda_max(H), floor) (0: pinv)."""
+        if not self.finite:
+            return torch.full((1,), math.nan, dtype=torch.float64)
+        e, s = self.e, self.s
+        lam = rho * float(e.max()) if e.numel() else 0.0
+        if floor > lam:
+            lam = floor
+        # Q^T g = U^T (G c + lambda B dbar) / s = s U^T c + lambda U^T B dbar / s   (G U = U diag(s^2))
+        qt_g = s * self.uc + lam * self.ub / s
+        return qt_g / (e + lam)  # coordinates of the update in range(H), basis Q
+
+    def direction(self, coef: torch.Tensor, complement: str = "fedavg") -> torch.Tensor:
+        """The update [P] = Q a + (I - Pi) dbar (complement fedavg) or Q a (none)."""
+        if not self.finite:
+            return torch.full_like(self.dbar, math.nan)
+        use_complement = complement == "fedavg"
+        if use_complement:
+            # (I - Pi) dbar = dbar - Q Q^T dbar: subtract Q^T dbar from the range coordinates
+            coef = coef - self.ub / self.s
+        z = self.t * (self.U @ (coef / self.s))  # Q coef = B^T U (coef / s) = A^T z
+        out = self.dbar.clone() if use_complement else torch.zeros_like(self.dbar)
+        for cols in _column_chunks(self.P, self.chunk):
+            # apply A^T to the row coefficients: z -> A^T z, one column block at a time
+            out[cols] += (self.block(cols).T @ z).to(out.dtype)
+        return out
+
+    def model_decrease(self, coef: torch.Tensor, eta: float = 1.0) -> float:
+        """s^T B^T c - 1/2 ||B s||^2 for the step s = eta update, update's range coordinates a.
+
+        B Q = U diag(s) and B (I - Pi) = 0, so B s = eta U (s a): O(R) work.
+        """
+        if not self.finite:
+            return math.nan
+        Bs = eta * (self.s * coef)  # U^T B s
+        return float(Bs @ self.uc - 0.5 * (Bs @ Bs))
 
 
 def fipa_direction(
@@ -303,61 +617,8 @@ def fipa_direction(
 ) -> torch.Tensor:
     """The FIPA update [P] from deltas [P] and factors A_m [r_m, P]; never forms P x P.
 
-    Streams over column blocks of the factors (no stacked copy of B): O(P R^2) time,
-    O(P + R chunk) extra memory. The R x R problem is solved in float64. B = diag(t) A with
-    A = [A_1; ...; A_M] unscaled and t = sqrt(w_m) on client m's rows, so the column blocks
-    are A's (one float64 buffer, each client's rows copied in: one pass over the factors)
-    and the row scales t enter only the R x R and R-vector algebra.
+    One :class:`FIPASystem` solved at relative damping ``rho``: O(P R^2) time, O(P + R chunk)
+    extra memory, the R x R problem in float64.
     """
-    P = deltas[0].numel()
-    dbar = torch.zeros_like(deltas[0])
-    for wm, d in zip(weights, deltas, strict=True):
-        dbar.add_(d, alpha=float(wm))
-
-    ranks = torch.tensor([A.shape[0] for A in factors])
-    R, offsets = int(ranks.sum()), [0, *ranks.cumsum(0).tolist()]
-    rows_of = [slice(offsets[m], offsets[m + 1]) for m in range(len(factors))]
-    device = deltas[0].device
-    t = weights.to(torch.float64).sqrt().repeat_interleave(ranks).to(device)  # [R]
-    buffer = torch.empty(R, min(chunk, P), dtype=torch.float64, device=device)
-
-    def block(cols: slice) -> torch.Tensor:
-        # rows of A restricted to these columns, in float64: [R, c] (a view of ``buffer``)
-        out = buffer[:, : cols.stop - cols.start]
-        for rows, A in zip(rows_of, factors, strict=True):
-            out[rows].copy_(A[:, cols])
-        return out
-
-    gram = torch.zeros(R, R, dtype=torch.float64, device=device)  # A A^T
-    c = torch.zeros(R, dtype=torch.float64, device=device)  # A_m delta_m
-    b_dbar = torch.zeros(R, dtype=torch.float64, device=device)  # A dbar
-    for cols in _column_chunks(P, chunk):
-        Ac = block(cols)
-        gram.addmm_(Ac, Ac.T)
-        b_dbar.addmv_(Ac, dbar[cols].to(torch.float64))
-        for rows, d in zip(rows_of, deltas, strict=True):
-            c[rows].addmv_(Ac[rows], d[cols].to(torch.float64))
-    # scale the rows: G = B B^T = diag(t) A A^T diag(t), c_m = sqrt(w_m) A_m delta_m, B dbar
-    gram.mul_(t[:, None] * t[None, :])
-    c.mul_(t)
-    b_dbar.mul_(t)
-
-    # eigen-decompose the Gram matrix: G = U diag(s^2) U^T, so H = Q diag(s^2) Q^T, Q = B^T U / s
-    e, U = torch.linalg.eigh(gram)
-    keep = e > e.max().clamp_min(0) * R * torch.finfo(torch.float64).eps * 10
-    e, U = e[keep], U[:, keep]
-    s = e.sqrt()
-    lam = rho * float(e.max()) if e.numel() else 0.0
-    # Q^T g = U^T (G c + lambda B dbar) / s = s U^T c + lambda U^T B dbar / s   (G U = U diag(s^2))
-    qt_g = s * (U.T @ c) + lam * (U.T @ b_dbar) / s
-    coef = qt_g / (e + lam)  # coordinates of the update in range(H), basis Q
-    use_complement = complement == "fedavg"
-    if use_complement:
-        # (I - Pi) dbar = dbar - Q Q^T dbar: subtract Q^T dbar from the range coordinates
-        coef = coef - U.T @ b_dbar / s
-    z = t * (U @ (coef / s))  # Q coef = B^T U (coef / s) = A^T z
-    out = dbar.clone() if use_complement else torch.zeros_like(dbar)
-    for cols in _column_chunks(P, chunk):
-        # apply A^T to the row coefficients: z -> A^T z, one column block at a time
-        out[cols] += (block(cols).T @ z).to(out.dtype)
-    return out
+    system = FIPASystem(deltas, factors, weights, chunk=chunk)
+    return system.direction(system.coefficients(rho), complement)

@@ -103,20 +103,24 @@ def write_benchmark(path: str | Path, wall_s: float, cpu_s: float) -> None:
 
 def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None]],
               supersede: bool = False, echo: Callable[[str], None] = print,
-              status: Callable[[str, dict[str, Any]], str] | None = None) -> dict[str, dict | None]:
-    """Train every cell in turn; returns each cell's final.json content (None where it failed).
+              status: Callable[[str, dict[str, Any]], str] | None = None,
+              threads: int | None = None) -> dict[str, dict | None]:
+    """Train every cell; returns each cell's final.json content (None where it failed).
 
     A cell already finished with the same config is skipped without building its task (so a
     batch rerun because one cell's config changed recomputes that cell only); a cell with a
     checkpoint resumes at its last round; a cell whose config is bad fails alone, with the
-    message ``fipa train`` would give, and the others go on. ``status`` turns a finished
-    cell into its progress line (default: label, outcome, rounds, seconds).
+    message ``fipa train`` would give, and the others go on. The remaining cells advance in
+    lockstep (``simulate.train_lockstep``): cells that share task settings, client config and
+    model train their clients in one vectorized call per round (the runs axis), each keeping
+    its own run directory, log, checkpoint and benchmark record (whose ``s`` is the cell's
+    share of its group's wall time). ``status`` turns a finished cell into its progress line.
     """
-    from fipa.simulate import finished_run, prepare_run_dir, train
+    from fipa.simulate import finished_run, prepare_run_dir
 
     results: dict[str, dict | None] = {}
+    todo: dict[str, list[tuple[Cell, Any, str]]] = {}  # device -> (cell, config, label)
     for cell in cells:
-        t0, c0 = time.perf_counter(), time.process_time()
         label = cell.label or cell.output
         try:
             cfg = cell.run_config()
@@ -126,20 +130,65 @@ def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None
                 results[cell.output] = final
                 continue
             prepare_run_dir(Path(cell.output), cfg, supersede, cell.spec is not None, echo)
-            final = train(cfg, cell.output, log=make_log(cell), label=label)
         except ConfigError as e:
             echo(f"{label}: error: {e}")
             results[cell.output] = None
             continue
-        except Exception:  # one broken cell must not take the rest of the batch down
-            echo(f"{label}: crashed:\n{traceback.format_exc()}")
-            results[cell.output] = None
-            continue
-        if cell.benchmark:
-            write_benchmark(cell.benchmark, time.perf_counter() - t0, time.process_time() - c0)
-        results[cell.output] = final
-        echo(status(label, final) if status else _done_line(label, final, time.perf_counter() - t0))
+        todo.setdefault(cfg.device, []).append((cell, cfg, label))
+    for jobs in todo.values():
+        results.update(_run_jobs(jobs, make_log, echo, status, threads))
     return results
+
+
+def _run_jobs(jobs: list[tuple[Cell, Any, str]], make_log, echo, status, threads) -> dict[str, dict | None]:
+    """Build and train cells of one device in lockstep; a failing cell fails alone."""
+    from fipa import devices
+    from fipa.simulate import RunLoop, Simulation, prepared, train_lockstep
+
+    results: dict[str, dict | None] = {}
+    with devices.claim(jobs[0][1].device) as device:
+        loops, t0, c0 = [], time.perf_counter(), time.process_time()
+        for cell, cfg, label in jobs:
+            try:
+                sim = prepared(Simulation.build(cfg, device), threads)
+                loops.append((cell, label, RunLoop(sim, Path(cell.output), make_log(cell), label)))
+            except ConfigError as e:
+                echo(f"{label}: error: {e}")
+                results[cell.output] = None
+            except Exception:
+                echo(f"{label}: crashed:\n{traceback.format_exc()}")
+                results[cell.output] = None
+        label_of = {id(lp): label for _, label, lp in loops}
+
+        def done(loop, final: dict) -> None:
+            label = label_of[id(loop)]
+            echo(status(label, final) if status else _done_line(label, final, final["wall_s"]))
+
+        try:
+            finals = train_lockstep([lp for _, _, lp in loops], on_done=done)
+        except Exception:  # find the broken cell: each cell again on its own, from its checkpoint
+            echo(f"lockstep training failed; training the {len(loops)} cells one by one:\n"
+                 f"{traceback.format_exc()}")
+            finals = [_alone(lp, echo, label, done) for _, label, lp in loops]
+        share = (time.perf_counter() - t0) / max(len(loops), 1)
+        cpu_share = (time.process_time() - c0) / max(len(loops), 1)
+    for (cell, _, _), final in zip(loops, finals, strict=True):
+        results[cell.output] = final
+        if final is not None and cell.benchmark:
+            write_benchmark(cell.benchmark, share, cpu_share)
+    return results
+
+
+def _alone(loop, echo: Callable[[str], None], label: str, on_done) -> dict | None:
+    """Train one cell by itself from its last checkpoint; None (and the traceback) if it crashes."""
+    from fipa.simulate import RunLoop, train_lockstep
+
+    try:
+        fresh = RunLoop(loop.sim, loop.outdir, loop.log, loop.label)
+        return train_lockstep([fresh], on_done=lambda _, final: on_done(loop, final))[0]
+    except Exception:
+        echo(f"{label}: crashed:\n{traceback.format_exc()}")
+        return None
 
 
 def _done_line(label: str, final: dict[str, Any], seconds: float) -> str:

@@ -91,18 +91,14 @@ def _write_partition(cfg, output: str, figure: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import torch
-
     from fipa.simulate import prepare_run_dir, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = _run_config(args)
     prepare_run_dir(Path(args.output), cfg, args.supersede, args.spec is not None, _flush_print)
     label = args.label or f"[{cfg.task.name}/{cfg.partition.name}/{cfg.client.method}/" \
         f"{cfg.aggregator.name} seed {cfg.seed}]"
     log = _log_to(args.log) if args.log else (lambda s: None) if args.quiet else _flush_print
-    final = train(cfg, args.output, log=log, label=label)
+    final = train(cfg, args.output, log=log, label=label, threads=args.threads)
     if args.grid_total:
         from fipa.progress import status_line
 
@@ -114,12 +110,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_train_batch(args: argparse.Namespace) -> None:
     """Several cells in one process (fipa/batch.py): start-up paid once for the batch."""
-    import torch
-
     from fipa.batch import Cell, load_manifest, parse_cells, run_cells, write_summary
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cells = load_manifest(args.manifest) if args.manifest else []
     cells += parse_cells(args.cells, "--cells") if args.cells else []
     cells += [Cell(config=c, output=o) for c, o in args.cell or []]
@@ -137,7 +129,8 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
         def status(label, final):
             return status_line(label, final, args.grid_root, args.grid_total)
 
-    results = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print, status=status)
+    results = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print, status=status,
+                        threads=args.threads)
     failed = [out for out, final in results.items() if final is None]
     if failed:
         raise ConfigError(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
@@ -242,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--supersede", action="store_true",
                    help="if OUTPUT holds a checkpoint of another config, move it to OUTPUT/superseded/ "
                         "and start afresh (default: refuse)")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: the config's threads key, auto = 1 for small models, "
+                        "every core for large ones; fipa/threads.py)")
     s.add_argument("--label", default=None, help="prefix of progress lines")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
     s.add_argument("--log", default=None, help="append progress lines to this file instead of stdout")
@@ -260,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cells", default=None,
                    help="the manifest's content itself, as one JSON string (a list of cells)")
     s.add_argument("--supersede", action="store_true", help="as for train, per cell")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: the config's threads key, auto = 1 for small models, "
+                        "every core for large ones; fipa/threads.py)")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
     s.add_argument("--summary", default=None,
                    help="when every cell succeeded, write their outcomes here (JSON, the batch's record)")
@@ -303,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="state.pt", help="file for warmup_checkpoint")
     s.set_defaults(func=cmd_export_warmup)
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

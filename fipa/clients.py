@@ -33,10 +33,22 @@ ClientState = dict[str, torch.Tensor]
 GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def batch_size(n: int, cfg: ClientConfig) -> int:
+    """Minibatch size on n samples: ``batch_size`` capped at n, or n (full batch)."""
+    return n if cfg.batch_size is None else min(cfg.batch_size, n)
+
+
+def steps_per_round(n: int, cfg: ClientConfig) -> int:
+    """Optimizer steps of one round of local work on n samples: ``local_steps``, or
+    ``local_epochs`` passes of ceil(n / batch) minibatches."""
+    if cfg.local_steps is not None:
+        return cfg.local_steps
+    return cfg.local_epochs * -(-n // batch_size(n, cfg))
+
+
 def minibatches(n: int, cfg: ClientConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
     """Index batches for one round of local work: shuffled epochs, or ``local_steps`` steps."""
-    bs = n if cfg.batch_size is None else min(cfg.batch_size, n)
-    steps = cfg.local_steps if cfg.local_steps is not None else cfg.local_epochs * -(-n // bs)
+    bs, steps = batch_size(n, cfg), steps_per_round(n, cfg)
     done = 0
     while done < steps:
         perm = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
@@ -47,10 +59,14 @@ def minibatches(n: int, cfg: ClientConfig, gen: torch.Generator) -> Iterator[tor
             done += 1
 
 
-def make_optimizer(cfg: ClientConfig) -> Optimizer:
-    """The functional optimizer named by ``client.optimizer`` (fipa/optim.py)."""
+def make_optimizer(cfg: ClientConfig, rnd: int = 1) -> Optimizer:
+    """The functional optimizer named by ``client.optimizer`` (fipa/optim.py) for round ``rnd``
+    (from 1): its learning rate is lr * lr_decay^(rnd - 1)."""
     return OPTIMIZERS.get(cfg.optimizer, key="client.optimizer")(
-        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        lr=cfg.lr * cfg.lr_decay ** (rnd - 1), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+OPT_PREFIX = "opt."  # client-state keys of a persistent optimizer state (``keep_optimizer``)
 
 
 @dataclass
@@ -78,10 +94,19 @@ class ClientMethod:
     # False: the objective couples a minibatch's samples beyond a (masked) mean, so the
     # padded batches of the vectorized path would change it; such a method trains sequentially
     vectorizable: ClassVar[bool] = True
+    # False: local training reads or accumulates the run's server-side state (SCAFFOLD's c,
+    # FedDyn's round sums), so rows of several runs cannot share one method object and
+    # train in one call (the runs axis, simulate.train_rows); each run then trains alone
+    stacks_runs: ClassVar[bool] = True
 
-    def __init__(self, cfg: ClientConfig) -> None:
+    def __init__(self, cfg: ClientConfig, keep_optimizer: bool = False) -> None:
         self.cfg = cfg
         self.params = cfg.params
+        # True: the optimizer state (Adam moments, step count, momentum) persists across rounds
+        # in the client state instead of restarting each round; the centralized reference's
+        # single client is one uninterrupted training (aggregators.Centralized)
+        self.keep_optimizer = keep_optimizer
+        self.round = 1  # the current round (from 1): sets the learning rate schedule
         self.server_state: ClientState = {}
         self._round: ClientState = {}  # per-round scratch sums, consumed by end_round
 
@@ -96,9 +121,10 @@ class ClientMethod:
         """Server-side state of the method (checkpointed with the run)."""
         return {}
 
-    def begin_round(self, server_state: ClientState) -> None:
-        """Called once before the round's clients train; they read ``self.server_state``."""
+    def begin_round(self, server_state: ClientState, rnd: int = 1) -> None:
+        """Called once before round ``rnd``'s clients train; they read ``self.server_state``."""
         self.server_state = server_state
+        self.round = rnd
         self._round = {}
 
     def end_round(self, theta: torch.Tensor, server_state: ClientState, num_clients: int) -> torch.Tensor:
@@ -161,8 +187,8 @@ class ClientMethod:
         data: Batch, gen: torch.Generator, state: ClientState,
     ) -> LocalResult:
         theta = theta0.clone()
-        opt = make_optimizer(self.cfg)
-        opt_state = opt.init(theta)
+        opt = make_optimizer(self.cfg, self.round)
+        opt_state = self._optimizer_state(opt, theta, state)
         n = next(iter(data.values())).shape[0]
         # data augmentation, where the task has it (vision); it draws from ``gen`` only when on
         augment = getattr(task, "train_batch", None)
@@ -176,7 +202,14 @@ class ClientMethod:
             opt.step(theta, grad, opt_state)
             steps += 1
         self.after_local(theta0, theta, steps, state)
+        if self.keep_optimizer:
+            state.update({OPT_PREFIX + k: v for k, v in opt_state.items()})
         return LocalResult(theta, total / max(steps, 1), state)
+
+    def _optimizer_state(self, opt: Optimizer, theta: torch.Tensor, state: ClientState) -> dict:
+        """A fresh optimizer state, or (``keep_optimizer``) the one this client ended its last round with."""
+        kept = {k[len(OPT_PREFIX):]: v for k, v in state.items() if k.startswith(OPT_PREFIX)}
+        return kept if self.keep_optimizer and kept else opt.init(theta)
 
     def _accumulate(self, key: str, value: torch.Tensor) -> None:
         """Round scratch: self._round[key] += value."""
@@ -241,6 +274,7 @@ class Scaffold(ClientMethod):
     uplink_vectors = 1
 
     Params = ScaffoldParams
+    stacks_runs = False
 
     def init_state(self, theta):
         return {"c": torch.zeros_like(theta)}
@@ -293,6 +327,7 @@ class FedDyn(ClientMethod):
     """
 
     Params = FedDynParams
+    stacks_runs = False
 
     def init_state(self, theta):
         return {"grad": torch.zeros_like(theta)}

@@ -136,6 +136,8 @@ class ClientConfig:
     method: str = "local"
     optimizer: typing.Literal["sgd", "adam"] = "adam"
     lr: float = 1e-3
+    # lr of round k (from 1) is lr * lr_decay^(k - 1): a per-round exponential schedule
+    lr_decay: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0
     local_epochs: int = 1
@@ -147,6 +149,8 @@ class ClientConfig:
         out = []
         if self.lr <= 0:
             out.append(("lr", f"must be > 0, got {self.lr}"))
+        if not 0 < self.lr_decay <= 1:
+            out.append(("lr_decay", f"must lie in (0, 1] (per-round factor on lr), got {self.lr_decay}"))
         if self.local_epochs < 1:
             out.append(("local_epochs", f"must be >= 1, got {self.local_epochs}"))
         if self.local_steps is not None and self.local_steps < 1:
@@ -178,6 +182,9 @@ class RunConfig:
     # local training of a round's clients: "auto" (size rule, fipa/vectorized.py), true
     # (vectorized wherever the method and task allow), false (one client at a time)
     vectorize: Any = "auto"
+    # torch CPU threads: "auto" (fipa/threads.py: 1 for small models, every core for large
+    # ones) or a count; ``fipa train --threads`` overrides it
+    threads: Any = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         client = as_dict(self.client)
@@ -197,7 +204,7 @@ class RunConfig:
 _TOP_KEYS = {
     "task", "partition", "client", "aggregator", "rounds", "seed", "participation",
     "eval_every", "checkpoint_every", "dtype", "device", "partition_file", "warmup_checkpoint",
-    "labels", "vectorize",
+    "labels", "vectorize", "threads",
 }
 _REQUIRED = ("task", "partition", "client", "aggregator", "rounds")
 _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
@@ -259,7 +266,7 @@ _TOP_TYPES = {
     "seed": int, "participation": float, "eval_every": int, "checkpoint_every": int,
     "dtype": typing.Literal["float32", "float64"], "device": str,
     "partition_file": str | None, "warmup_checkpoint": str | None, "labels": dict,
-    "vectorize": typing.Literal["auto", True, False],
+    "vectorize": typing.Literal["auto", True, False], "threads": Any,
 }
 
 
@@ -276,6 +283,9 @@ def _check_top(cfg: RunConfig) -> None:
         raise ConfigError("labels: expected a mapping of names to strings")
     if cfg.vectorize != "auto" and not isinstance(cfg.vectorize, bool):
         raise ConfigError(f"vectorize: use auto, true or false, got {cfg.vectorize!r}")
+    if cfg.threads != "auto" and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
+                                  or cfg.threads < 1):
+        raise ConfigError(f"threads: use auto or a count >= 1, got {cfg.threads!r}")
     if cfg.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every: must be >= 1, got {cfg.checkpoint_every}")
     if cfg.device != "cpu" and not (cfg.device == "auto" or cfg.device.startswith("cuda")):

@@ -34,3 +34,13 @@ def hessian_sqrt(kind: str, out: torch.Tensor) -> torch.Tensor:
         sq = p.sqrt()
         return torch.diag_embed(sq) - p.unsqueeze(-1) * sq.unsqueeze(-2)
     raise ValueError(f"unknown loss kind {kind!r}")
+
+
+def hessian_scale(kind: str) -> float:
+    """kappa with d^2 loss / d out^2 = kappa M_i M_i^T (:func:`hessian_sqrt`): the true GGN of the
+    mean loss is kappa times the curvature factors' (2 for squared error, 1 for cross-entropy)."""
+    if kind == "mse":
+        return 2.0
+    if kind == "ce":
+        return 1.0
+    raise ValueError(f"unknown loss kind {kind!r}")

@@ -6,6 +6,7 @@ checkpoint ends with exactly the numbers of an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,16 +23,18 @@ import numpy as np
 import torch
 
 from fipa import buffers, devices, vectorized
-from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate
-from fipa.clients import CLIENT_METHODS, ClientMethod
-from fipa.config import ConfigError, RunConfig
-from fipa.curvature import client_curvature
+from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, LossProbe
+from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size, steps_per_round
+from fipa.config import ClientConfig, ConfigError, RunConfig
+from fipa.curvature import CurvatureRequest, client_curvature
 from fipa.io import write_csv, write_json
-from fipa.losses import mean_loss
+from fipa.losses import hessian_scale, mean_loss
 from fipa.params import ParamLayout
 from fipa.partition import make_partition
 from fipa.tasks import build_task
 from fipa.tasks.base import Batch, Task
+from fipa.threads import ThreadChoice, choose_threads
+from fipa.threads import apply as apply_threads
 from fipa.vectorized import choose_path
 
 CHECKPOINT = "checkpoint.pt"
@@ -40,7 +43,7 @@ TAIL_COLUMNS = ["uplink_bytes", "uplink_bytes_total", "diverged", "wall_s"]
 # keys that may change between a run and its resumption without changing its numbers
 # (vectorize: the two local-training paths agree up to floating-point rounding)
 _RESUMABLE_KEYS = ("rounds", "device", "eval_every", "checkpoint_every", "labels", "partition_file",
-                   "vectorize")
+                   "vectorize", "threads")
 
 
 def fingerprint(cfg: RunConfig) -> str:
@@ -196,6 +199,7 @@ class Simulation:
     device: torch.device
     vectorized: bool = False  # local training path of every round (fipa/vectorized.py)
     path_reason: str = "sequential"
+    threads: ThreadChoice | None = None  # torch CPU threads of the run (fipa/threads.py)
 
     @classmethod
     def build(cls, cfg: RunConfig, device: torch.device | None = None) -> Simulation:
@@ -204,15 +208,17 @@ class Simulation:
         device = device or torch.device("cpu")
         task = build_task(cfg.task.name, cfg.task.params, cfg.seed, dtype)
         agg = AGGREGATORS.get(cfg.aggregator.name)(cfg.aggregator.params)
-        method = CLIENT_METHODS.get(cfg.client.method)(cfg.client)
-        method.check_task(task)
         pin = task.partition_input()
         if cfg.partition_file:
             parts = load_partition(cfg.partition_file, cfg, pin.n)
         else:
             parts = make_partition(pin, cfg.partition.name, cfg.clients, cfg.partition.params, cfg.seed)
+        client_cfg = cfg.client
         if agg.pools_clients:
+            client_cfg = centralized_client(cfg.client, [len(p) for p in parts])
             parts = [np.sort(np.concatenate(parts))]
+        method = CLIENT_METHODS.get(cfg.client.method)(client_cfg, keep_optimizer=agg.pools_clients)
+        method.check_task(task)
         data = [{k: v.to(device) for k, v in task.client_data(p).items()} for p in parts]
         torch.manual_seed(derive_seed(cfg.seed, 0x1217))
         model = task.build_model().to(device)
@@ -223,6 +229,11 @@ class Simulation:
         vec, why = choose_path(cfg.vectorize, method, task, model, layout.numel,
                                [next(iter(d.values())).shape[0] for d in data], per_round)
         return cls(cfg, task, model, layout, data, agg, method, device, vec, why)
+
+    def step_work(self) -> int:
+        """Numbers one local step multiplies: the largest client minibatch x parameters."""
+        sizes = [next(iter(d.values())).shape[0] for d in self.data]
+        return max(batch_size(n, self.method.cfg) for n in sizes) * self.layout.numel
 
     def initial_theta(self) -> torch.Tensor:
         theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
@@ -264,26 +275,126 @@ class Simulation:
     def round_updates(self, theta: torch.Tensor, rnd: int, chosen: list[int],
                       client_states: dict[str, dict[str, torch.Tensor]]) -> list[ClientUpdate]:
         """The uploads of round ``rnd``'s clients, one at a time or all at once (vectorized)."""
-        states = [client_states.setdefault(str(m), self.method.init_state(theta)) for m in chosen]
-        if not self.vectorized or len(chosen) < 2:
-            return [self.client_round(theta, rnd, m, st) for m, st in zip(chosen, states, strict=True)]
-        seed = self.cfg.seed
+        return train_rows(self.rows(theta, rnd, chosen, client_states), self.vectorized)
+
+    def rows(self, theta: torch.Tensor, rnd: int, chosen: list[int],
+             client_states: dict[str, dict[str, torch.Tensor]]) -> list[Row]:
+        """Round ``rnd``'s local work of this run: one row per chosen client."""
+        return [Row(self, theta, rnd, m, client_states.setdefault(str(m), self.method.init_state(theta)))
+                for m in chosen]
+
+    def stack_key(self) -> str | None:
+        """Runs with equal keys can train their rows in one vectorized call (the runs axis); None:
+        this run trains alone (its method or model cannot stack, or it is the centralized reference)."""
+        if not self.method.stacks_runs or self.aggregator.pools_clients or self.cfg.vectorize is False:
+            return None
+        if not self.vectorized and self.path_reason != "one client per round":
+            return None  # the size rule or the model's layers keep this run off the vectorized path
+        cfg = self.cfg.to_dict()
+        same = {k: cfg[k] for k in ("client", "dtype", "device")}
+        same["task"] = {k: v for k, v in cfg["task"].items()}
+        return json.dumps(same, sort_keys=True, default=str)
+
+    def loss_probe(self, chosen: list[int]) -> LossProbe:
+        """The round's clients' weighted task loss at a candidate model (FIPA's adaptive damping).
+
+        theta [P] -> sum_m w_m L_m(theta), w_m = N_m / sum_j N_j over ``chosen`` (the aggregators'
+        weights), L_m client m's mean task loss on all its local data: one forward pass per client
+        and call, whose result each client would upload as one scalar.
+        """
         datas = [self.data[m] for m in chosen]
-        gens = [torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xC1)) for m in chosen]
-        thetas = vectorized.local_train(self.method, self.task, self.model, self.layout, theta, datas,
-                                        gens, states)  # [M, P]
-        updates = [ClientUpdate(thetas[i] - theta, next(iter(d.values())).shape[0])
-                   for i, d in enumerate(datas)]
-        request = self.aggregator.curvature_request()
-        if request is not None:
-            cgens = [torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xCF)) for m in chosen]
-            at = theta if request.at == "broadcast" else thetas
-            curvs = vectorized.round_curvature(request, self.task, self.model, self.layout, at, datas,
-                                               cgens)
-            for update, curv in zip(updates, curvs, strict=True):
-                update.factor, update.eigvals = curv.get("factor"), curv.get("eigvals")
-                update.diag = curv.get("diag")
-        return updates
+        sizes = torch.tensor([next(iter(d.values())).shape[0] for d in datas], dtype=torch.float64)
+        weights = (sizes / sizes.sum()).tolist()
+
+        def loss(theta: torch.Tensor) -> float:
+            params = self.layout.unflatten(theta)
+            with torch.no_grad():
+                return sum(w * float(mean_loss(self.task.loss_kind, self.task.outputs(self.model, params, d),
+                                               self.task.targets(d)))
+                           for w, d in zip(weights, datas, strict=True))
+
+        return LossProbe(loss, len(chosen), hessian_scale(self.task.loss_kind))
+
+
+@dataclass
+class Row:
+    """One client's local work in one round of one run: the unit every training path stacks.
+
+    A round of one run is its chosen clients' rows; a round of several runs in lockstep (a
+    batch job's cells) is all their rows. ``theta`` [P] is the run's broadcast model theta^k.
+    """
+
+    sim: Simulation
+    theta: torch.Tensor
+    rnd: int
+    client: int
+    state: dict[str, torch.Tensor]
+
+
+def train_rows(rows: list[Row], vectorize: bool) -> list[ClientUpdate]:
+    """Local training and curvature of ``rows``: one row at a time, or all in one vectorized call.
+
+    Rows may come from several runs that share task settings, client config and model
+    (``Simulation.stack_key``): local training stacks their parameters [rows, P], each row
+    starting from its own run's theta^k; curvature is taken per request (rank, method, ...)
+    over the rows whose run asks for it. Every row draws from generators seeded by its own
+    (seed, round, client), so a row's result does not depend on what it was stacked with.
+    """
+    if not vectorize or len(rows) < 2:
+        return [r.sim.client_round(r.theta, r.rnd, r.client, r.state) for r in rows]
+    lead = rows[0].sim
+    datas = [r.sim.data[r.client] for r in rows]
+    gens = [torch.Generator().manual_seed(derive_seed(r.sim.cfg.seed, r.rnd, r.client, 0xC1)) for r in rows]
+    one_run = all(r.theta is rows[0].theta for r in rows)
+    theta0 = rows[0].theta if one_run else torch.stack([r.theta for r in rows])  # [P] or [rows, P]
+    thetas = vectorized.local_train(lead.method, lead.task, lead.model, lead.layout, theta0, datas,
+                                    gens, [r.state for r in rows])  # [rows, P]
+    updates = [ClientUpdate(thetas[i] - r.theta, num_samples(d))
+               for i, (r, d) in enumerate(zip(rows, datas, strict=True))]
+    for request, idx in _by_request(rows):
+        cgens = [torch.Generator().manual_seed(derive_seed(rows[i].sim.cfg.seed, rows[i].rnd, rows[i].client,
+                                                           0xCF)) for i in idx]
+        at = thetas[idx] if request.at == "local" else theta0 if one_run else theta0[idx]
+        curvs = vectorized.round_curvature(request, lead.task, lead.model, lead.layout, at,
+                                           [datas[i] for i in idx], cgens)
+        for i, curv in zip(idx, curvs, strict=True):
+            updates[i].factor, updates[i].eigvals = curv.get("factor"), curv.get("eigvals")
+            updates[i].diag = curv.get("diag")
+    return updates
+
+
+def _by_request(rows: list[Row]) -> list[tuple[CurvatureRequest, list[int]]]:
+    """The rows' curvature requests, each with the indices of the rows that ask for it."""
+    groups: list[tuple[CurvatureRequest, list[int]]] = []
+    for i, r in enumerate(rows):
+        request = r.sim.aggregator.curvature_request()
+        if request is None:
+            continue
+        for req, idx in groups:
+            if req == request:
+                idx.append(i)
+                break
+        else:
+            groups.append((request, [i]))
+    return groups
+
+
+def num_samples(data: Batch) -> int:
+    return next(iter(data.values())).shape[0]
+
+
+def centralized_client(cfg: ClientConfig, sizes: list[int]) -> ClientConfig:
+    """The local work of the centralized reference's single client (pooled data).
+
+    The reference is one model trained on the union of the clients' data for as many
+    optimizer steps as one client takes over the run (rounds x its steps per round, the
+    mean over clients where their sizes differ), with one persistent optimizer state
+    (``ClientMethod.keep_optimizer``). ``local_epochs`` are a client's epochs, so they are
+    converted to that client's step count; on the pooled data the same count covers 1/M of
+    an epoch's worth of minibatches per client, not M times as many steps.
+    """
+    steps = round(sum(steps_per_round(n, cfg) for n in sizes) / len(sizes))
+    return dataclasses.replace(cfg, local_steps=max(1, steps))
 
 
 def load_warmup(path: str, like: torch.Tensor, like_buffers: dict[str, torch.Tensor] | None = None,
@@ -308,37 +419,147 @@ def load_warmup(path: str, like: torch.Tensor, like_buffers: dict[str, torch.Ten
 
 def train(
     cfg: RunConfig, outdir: str | Path, log: Callable[[str], None] = print, label: str = "",
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one job into ``outdir``; returns the final summary (final.json)."""
+    """Run (or resume) one job into ``outdir``; returns the final summary (final.json).
+
+    ``threads`` (``fipa train --threads``) overrides the config's ``threads`` setting.
+    """
     with devices.claim(cfg.device) as device:
-        return _train(Simulation.build(cfg, device), Path(outdir), log, label)
+        sim = prepared(Simulation.build(cfg, device), threads)
+        return _train(sim, Path(outdir), log, label)
+
+
+def prepared(sim: Simulation, threads: int | None) -> Simulation:
+    """Choose and apply the run's torch thread count (``threads`` overrides the config's)."""
+    sim.threads = choose_threads(threads or sim.cfg.threads, sim.step_work())
+    apply_threads(sim.threads)
+    return sim
 
 
 def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str) -> dict[str, Any]:
-    cfg = sim.cfg
-    fp = fingerprint(cfg)
-    ckpt = outdir / CHECKPOINT
-    if ckpt.exists():
-        state = load_checkpoint(ckpt, fp, sim.device)
-        log(f"{label} resuming from round {state.round}")
-    else:
-        theta = sim.initial_theta()
-        state = RunState(0, theta, sim.aggregator.init_state(theta), {},
-                         method_state=sim.method.init_server_state(theta), buffers=buffers.read(sim.model))
-    buffers.load(sim.model, state.buffers)
-    columns = sim.metrics_columns()
-    M = len(sim.data)
-    t0 = time.perf_counter() - state.wall_s
-    if not state.rows:
-        state.rows.append(_row(0, sim.evaluate(state.theta), 0, 0, False, 0.0))
-        log(_progress(label, state.rows[-1], cfg.rounds, sim.task.primary_metric))
-    while state.round < cfg.rounds and not state.diverged:
+    return train_lockstep([RunLoop(sim, outdir, log, label)])[0]
+
+
+def train_lockstep(loops: list[RunLoop], on_done: Callable[[RunLoop, dict[str, Any]], None] | None = None,
+                   ) -> list[dict[str, Any]]:
+    """Advance runs round by round together; returns each run's final.json content.
+
+    A run is closed (final.json written) as soon as it is done, then ``on_done(loop, final)``.
+
+    Per step, the unfinished runs at the same round whose ``Simulation.stack_key`` agree train
+    their rows (every chosen client of every run) in one call (``train_rows``); the others,
+    and a run resumed at another round, advance in their own group. Each run keeps its own
+    aggregation, evaluation, checkpoint and outputs, so a run gives the same numbers whether
+    it trains alone or stacked (up to floating-point rounding of the vectorized products).
+    """
+    finals: dict[int, dict[str, Any]] = {}
+
+    def close_finished() -> None:
+        for i, lp in enumerate(loops):
+            if lp.done and i not in finals:
+                finals[i] = lp.close()
+                if on_done is not None:
+                    on_done(lp, finals[i])
+
+    close_finished()
+    while len(finals) < len(loops):
+        for group in _lockstep_groups([lp for lp in loops if not lp.done]):
+            work = [(lp, lp.begin_round()) for lp in group]
+            rows = [row for lp, chosen in work for row in lp.rows(chosen)]
+            vectorize = len(group) > 1 or group[0].sim.vectorized
+            updates = iter(train_rows(rows, vectorize))
+            for lp, chosen in work:
+                lp.finish_round(chosen, [next(updates) for _ in chosen])
+        close_finished()
+    return [finals[i] for i in range(len(loops))]
+
+
+def _lockstep_groups(loops: list[RunLoop]) -> list[list[RunLoop]]:
+    """Runs that can share a round's training call: same round and stack key, split where
+    rows x batch x parameters would pass ``STACK_WORK`` (a run whose key is None is alone)."""
+    groups: dict[tuple, list[RunLoop]] = {}
+    for i, lp in enumerate(loops):
+        key = lp.sim.stack_key()
+        groups.setdefault((lp.state.round, key if key is not None else f"alone-{i}"), []).append(lp)
+    out = []
+    for members in groups.values():
+        chunk: list[RunLoop] = []
+        for lp in members:
+            if chunk and (len(chunk) + 1) * lp.rows_per_round() * lp.sim.step_work() > STACK_WORK:
+                out.append(chunk)
+                chunk = []
+            chunk.append(lp)
+        out.append(chunk)
+    return out
+
+
+# runs stacked in one training call while rows x minibatch x parameters stays below this
+# (memory of the stacked activations and gradients; beyond, the stack is split)
+STACK_WORK = 1 << 27
+
+
+class RunLoop:
+    """One run's round loop as steps (``begin_round``, ``finish_round``), so that several runs
+    can advance in lockstep and share their local training (``train_lockstep``).
+
+    Built from a prepared Simulation and its run directory: resumes from the checkpoint there,
+    or starts at round 0 with an evaluation of the initial model.
+    """
+
+    def __init__(self, sim: Simulation, outdir: Path, log: Callable[[str], None], label: str) -> None:
+        self.sim, self.outdir, self.log, self.label = sim, outdir, log, label
+        cfg = sim.cfg
+        self.fp = fingerprint(cfg)
+        self.ckpt = outdir / CHECKPOINT
+        if self.ckpt.exists():
+            state = load_checkpoint(self.ckpt, self.fp, sim.device)
+            log(f"{label} resuming from round {state.round}")
+        else:
+            theta = sim.initial_theta()
+            state = RunState(0, theta, sim.aggregator.init_state(theta), {},
+                             method_state=sim.method.init_server_state(theta),
+                             buffers=buffers.read(sim.model))
+        self.state = state
+        buffers.load(sim.model, state.buffers)
+        self.stats = stats = sim.aggregator.stats  # server-state scalars (adaptive damping), columns
+        columns = sim.metrics_columns()
+        self.columns = columns[: -len(TAIL_COLUMNS)] + list(stats(state.agg_state)) + TAIL_COLUMNS
+        self.t0 = time.perf_counter() - state.wall_s
+        if not state.rows:
+            state.rows.append(_row(0, {**sim.evaluate(state.theta), **stats(state.agg_state)}, 0, 0, False,
+                                   0.0))
+            log(_progress(label, state.rows[-1], cfg.rounds, sim.task.primary_metric))
+
+    @property
+    def done(self) -> bool:
+        return self.state.round >= self.sim.cfg.rounds or self.state.diverged
+
+    def rows_per_round(self) -> int:
+        M = len(self.sim.data)
+        return max(1, round(self.sim.cfg.participation * M)) if M > 1 else 1
+
+    def begin_round(self) -> list[int]:
+        """Sample the next round's clients and open the round on the client method."""
+        cfg, state, sim = self.sim.cfg, self.state, self.sim
         rnd = state.round + 1
+        M = len(sim.data)
         chosen = sample_clients(cfg.seed, rnd, M, cfg.participation) if M > 1 else [0]
-        theta = state.theta
-        sim.method.begin_round(state.method_state)
-        updates = sim.round_updates(theta, rnd, chosen, state.client_states)
-        theta_new = sim.aggregator.step(theta, updates, state.agg_state)
+        sim.method.begin_round(state.method_state, rnd)
+        return chosen
+
+    def rows(self, chosen: list[int]) -> list[Row]:
+        return self.sim.rows(self.state.theta, self.state.round + 1, chosen, self.state.client_states)
+
+    def finish_round(self, chosen: list[int], updates: list[ClientUpdate]) -> None:
+        """Aggregate the round's uploads, then evaluate and checkpoint where due."""
+        sim, cfg, state, label = self.sim, self.sim.cfg, self.state, self.label
+        rnd, theta, M, stats = state.round + 1, state.theta, len(sim.data), self.stats
+        for m, u in zip(chosen, updates, strict=True):
+            u.client = m  # keys server memory across rounds (FIPA's memory: curvature)
+        finite = finite_uploads(updates)  # NaN/inf uploads end the run diverged, before any eigensolve
+        probe = {"probe": sim.loss_probe(chosen)} if sim.aggregator.needs_loss_probe else {}
+        theta_new = sim.aggregator.step(theta, updates, state.agg_state, **probe) if finite else theta
         theta_new = sim.method.end_round(theta_new, state.method_state, M)  # SCAFFOLD c, FedDyn h
         if state.buffers:
             state.buffers = buffers.average([u.buffers for u in updates], [u.num_samples for u in updates])
@@ -348,24 +569,36 @@ def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str
         bytes_ = numbers * theta.element_size()
         state.uplink_total += bytes_
         state.round, state.theta = rnd, theta_new
-        state.diverged = not bool(torch.isfinite(theta_new).all())
+        state.diverged = not finite or not bool(torch.isfinite(theta_new).all())
         if state.diverged or rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             metrics = sim.evaluate(theta_new) if not state.diverged else {}
             state.diverged = state.diverged or not all(math.isfinite(v) for v in metrics.values())
-            state.wall_s = time.perf_counter() - t0
+            metrics.update(stats(state.agg_state))
+            state.wall_s = time.perf_counter() - self.t0
             state.rows.append(_row(rnd, metrics, bytes_, state.uplink_total, state.diverged,
                                    state.wall_s))
-            log(_progress(label, state.rows[-1], cfg.rounds, sim.task.primary_metric))
+            self.log(_progress(label, state.rows[-1], cfg.rounds, sim.task.primary_metric))
         if state.diverged or rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds:
-            state.wall_s = time.perf_counter() - t0
-            save_checkpoint(ckpt, state, fp)
-            write_csv(outdir / "metrics.csv", state.rows, columns)
-    state.wall_s = time.perf_counter() - t0
-    write_csv(outdir / "metrics.csv", state.rows, columns)
-    save_checkpoint(ckpt, state, fp)
-    final = summarize(cfg, sim, state)
-    write_json(outdir / "final.json", final)
-    return final
+            state.wall_s = time.perf_counter() - self.t0
+            save_checkpoint(self.ckpt, state, self.fp)
+            write_csv(self.outdir / "metrics.csv", state.rows, self.columns)
+
+    def close(self) -> dict[str, Any]:
+        """Write the final metrics, checkpoint and final.json; returns final.json's content."""
+        state, stats = self.state, self.stats
+        state.wall_s = time.perf_counter() - self.t0
+        write_csv(self.outdir / "metrics.csv", state.rows, self.columns)
+        save_checkpoint(self.ckpt, state, self.fp)
+        final = summarize(self.sim.cfg, self.sim, state)
+        final["aggregator_stats"] = stats(state.agg_state)
+        write_json(self.outdir / "final.json", final)
+        return final
+
+
+def finite_uploads(updates: list[ClientUpdate]) -> bool:
+    """Whether every delta and curvature upload is finite (a diverging client's is not)."""
+    return all(bool(torch.isfinite(x).all()) for u in updates
+               for x in (u.delta, u.factor, u.eigvals, u.diag) if x is not None)
 
 
 def _row(rnd, metrics, bytes_, total, diverged, wall) -> dict[str, Any]:
@@ -407,6 +640,7 @@ def summarize(cfg: RunConfig, sim: Simulation, state: RunState) -> dict[str, Any
         "primary_metric": sim.task.primary_metric,
         "num_params": sim.layout.numel,
         "local_training": {"vectorized": sim.vectorized, "rule": sim.path_reason},
+        "threads": sim.threads.to_dict() if sim.threads else None,
         "uplink_bytes_total": state.uplink_total,
         "wall_s": round(state.wall_s, 3),
         "config": cfg.to_dict(),

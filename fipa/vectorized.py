@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import vmap
 
 from fipa import buffers
-from fipa.clients import ClientMethod, ClientState, make_optimizer
+from fipa.clients import ClientMethod, ClientState, batch_size, make_optimizer, steps_per_round
 from fipa.config import ClientConfig
 from fipa.curvature import (
     CurvatureRequest,
@@ -65,9 +65,8 @@ def batch_plan(n: int, cfg: ClientConfig, gen: torch.Generator) -> torch.Tensor:
     Draws from ``gen`` exactly what ``fipa.clients.minibatches`` draws (one permutation per
     started epoch, none for full batches), so both paths see the same batches.
     """
-    bs = n if cfg.batch_size is None else min(cfg.batch_size, n)
+    bs, steps = batch_size(n, cfg), steps_per_round(n, cfg)
     per_epoch = -(-n // bs)
-    steps = cfg.local_steps if cfg.local_steps is not None else cfg.local_epochs * per_epoch
     epochs = -(-steps // per_epoch)
     if bs < n:
         perms = torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])  # [E, n]
@@ -234,14 +233,13 @@ class DirectGrad:
     leaves are made once (``bucket``) and follow the optimizer's in-place steps.
     """
 
-    def __init__(self, method: ClientMethod, task: Task, twin: StackedMLP, layout: ParamLayout,
-                 theta0: torch.Tensor) -> None:
+    def __init__(self, method: ClientMethod, task: Task, twin: StackedMLP, layout: ParamLayout) -> None:
         self.task, self.twin, self.layout = task, twin, layout
         self.extra = None
         if type(method).extra_loss is not ClientMethod.extra_loss:
 
-            def extra_one(flat: torch.Tensor, state: ClientState) -> torch.Tensor:
-                term = method.extra_loss(flat, theta0, state)
+            def extra_one(flat: torch.Tensor, state: ClientState, start: torch.Tensor) -> torch.Tensor:
+                term = method.extra_loss(flat, start, state)
                 return flat.new_zeros(()) if term is None else term
 
             self.extra = vmap(extra_one)
@@ -258,8 +256,10 @@ class DirectGrad:
         """``theta`` [K, P] (the rows now training) is the point of the coming gradients."""
         self._leaves, self._at = self._new_leaves(theta), theta
 
-    def __call__(self, batch: Batch, w: torch.Tensor, count: torch.Tensor, state: ClientState):
-        """(minibatch [K, B, ...], mask [K, B], n_k = sum_i w_ki [K], state [K, ...]) -> grad_fn."""
+    def __call__(self, batch: Batch, w: torch.Tensor, count: torch.Tensor, state: ClientState,
+                 starts: torch.Tensor):
+        """(minibatch [K, B, ...], mask [K, B], n_k = sum_i w_ki [K], state [K, ...], the rows'
+        round-start models theta^k [K, P]) -> grad_fn."""
         task = self.task
         target = task.targets(batch).flatten(0, 1)  # [K B, ...]
 
@@ -272,7 +272,7 @@ class DirectGrad:
             loss = (per * w).sum(-1) / count  # [K]
             obj = loss
             if self.extra is not None:
-                obj = loss + self.extra(torch.cat([v.flatten(1) for v in leaves], dim=1), state)
+                obj = loss + self.extra(torch.cat([v.flatten(1) for v in leaves], dim=1), state, starts)
             # rows are independent: d (sum_k F_k) / d theta_k = grad F_k(theta_k)
             # (a scalar: explicit grad_outputs would make autograd import sympy for its shape check)
             grads = torch.autograd.grad(obj.sum(), leaves)
@@ -281,12 +281,14 @@ class DirectGrad:
         return grad_fn
 
 
-def _stacked_grad_fn(objective, batch: Batch, weights: torch.Tensor, state: ClientState):
-    """grad_fn for ``ClientMethod.direction``: theta [K, P] -> (gradients [K, P], losses [K])."""
+def _stacked_grad_fn(objective, batch: Batch, weights: torch.Tensor, state: ClientState,
+                     starts: torch.Tensor):
+    """grad_fn for ``ClientMethod.direction``: theta [K, P] -> (gradients [K, P], losses [K]);
+    ``starts`` [K, P] are the rows' round-start models theta^k."""
 
     def grad_fn(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = at.detach().requires_grad_(True)
-        obj, loss = objective(flat, batch, weights, state)  # [K] each
+        obj, loss = objective(flat, batch, weights, state, starts)  # [K] each
         # rows are independent: d (sum_m F_m) / d theta_m = grad F_m(theta_m)
         (grad,) = torch.autograd.grad(obj.sum(), flat)
         return grad, loss.detach()
@@ -305,6 +307,8 @@ def local_train(
 ) -> torch.Tensor:
     """The round's local training of M clients at once: theta^k [P] -> theta_m stacked [M, P].
 
+    ``theta0`` is one broadcast model [P] for every row, or one per row [M, P] (rows of
+    several runs stacked, each starting from its own run's model: the runs axis).
     Equals M calls of ``method.train`` up to floating-point rounding: the same batches,
     objective, direction and optimizer; ``after_local`` updates each client's ``states[m]``
     in the order of the list, as the sequential loop does. Clients are stacked in
@@ -313,7 +317,9 @@ def local_train(
     t, no arithmetic for finished clients), and the rest keep their values bit for bit.
     """
     cfg = method.cfg
-    M, P, device = len(datas), theta0.numel(), theta0.device
+    M, device = len(datas), theta0.device
+    P = theta0.shape[-1]
+    theta0s = theta0.expand(M, P) if theta0.dim() == 1 else theta0  # [M, P], row m's theta^k
     plans = [batch_plan(num_samples(d), cfg, g) for d, g in zip(datas, gens, strict=True)]
     order = sorted(range(M), key=lambda m: -plans[m].shape[0])  # stable: ties keep list order
     plans = [plans[m] for m in order]
@@ -335,14 +341,15 @@ def local_train(
     stacked = {k: torch.stack([states[m][k] for m in order]) for k in states[0]}  # [M, P] each
 
     twin = stacked_model(model) if direct_path(method, task) else None
-    direct = None if twin is None else DirectGrad(method, task, twin, layout, theta0)
+    direct = None if twin is None else DirectGrad(method, task, twin, layout)
 
-    def client_objective(flat, batch, w, state):
-        return method.objective(task, model, layout, flat, theta0, batch, state, mask=w)
+    def client_objective(flat, batch, w, state, start):
+        return method.objective(task, model, layout, flat, start, batch, state, mask=w)
 
     objective = vmap(client_objective)
-    theta = theta0.expand(M, P).clone()
-    opt = make_optimizer(cfg)
+    starts = theta0s[order]  # [M, P] in the stacking order
+    theta = starts.clone()
+    opt = make_optimizer(cfg, method.round)
     opt_state = opt.init(theta)
     per_sample = sum(v[0, 0].numel() for v in data.values())
     chunk = max(1, GATHER_NUMBERS // (M * B * per_sample))
@@ -354,20 +361,21 @@ def local_train(
             if training[t] != K:  # a new bucket: views of the first K rows
                 K = training[t]
                 theta_k, state, opt_k = theta[:K], _rows(stacked, K), _rows(opt_state, K)
+                start_k = starts[:K]
                 if direct is not None:
                     direct.bucket(theta_k)
             b = widths[t]
             batch = {k: v[:K, t - t0, :b] for k, v in gathered.items()}
             if direct is not None:
-                grad_fn = direct(batch, weights[:K, t, :b], counts[:K, t], state)
+                grad_fn = direct(batch, weights[:K, t, :b], counts[:K, t], state, start_k)
             else:
-                grad_fn = _stacked_grad_fn(objective, batch, weights[:K, t, :b], state)
+                grad_fn = _stacked_grad_fn(objective, batch, weights[:K, t, :b], state, start_k)
             direction, _ = method.direction(grad_fn, theta_k, state)
             opt.step(theta_k, direction, opt_k)  # in place on the first K rows
     out = torch.empty_like(theta)
     out[order] = theta
     for m in range(M):
-        method.after_local(theta0, out[m], steps[order.index(m)], states[m])
+        method.after_local(theta0s[m], out[m], steps[order.index(m)], states[m])
     return out
 
 

@@ -138,6 +138,57 @@ def test_network_jet_matches_torch_func_derivatives(activation, hard_bc, tmp_pat
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("problem", ["allen_cahn", "diffusion_reaction", "heat1d", "burgers"])
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_hard_ic_jet_matches_torch_func_derivatives(problem, precomputed, tmp_path):
+    # u = u0(x) + tau(t) B(x) N(x, t): value, gradient and Hessian by the product rule
+    task = make_task(problem, tmp_path, hard_ic=True, hidden=[7, 5], input_scale=1.7, activation="sin")
+    torch.manual_seed(2)
+    model = task.build_model()
+    params = dict(model.named_parameters())
+    b = full_batch(task)
+    offset = (b["a"], b["da"], b["d2a"]) if precomputed else None
+    jet = fnn_jet(model, params, b["x"], "sin", offset)
+    oracle = derivative_rows(lambda y: functional_call(model, params, (y[None],))[0, 0], b["x"])
+    for got, want in zip(jet, oracle, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem", ["allen_cahn", "diffusion_reaction", "heat1d", "burgers"])
+def test_hard_ic_holds_initial_and_boundary_data_exactly_and_drops_their_rows(problem, tmp_path):
+    task = make_task(problem, tmp_path, hard_ic=True, input_scale=2.0)
+    assert set(task.kind_train.tolist()) == {0}  # PDE rows only
+    torch.manual_seed(0)
+    model = task.build_model()
+    params = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    (lo, hi), (t0, t1) = task.problem.space[0], task.problem.time
+    s = lo + (hi - lo) * torch.rand(50, generator=gen, dtype=torch.float64)
+    t = t0 + (t1 - t0) * torch.rand(50, generator=gen, dtype=torch.float64)
+    initial = torch.stack([s, torch.full_like(s, t0)], -1)
+    torch.testing.assert_close(task.predict(model, params, initial), task.problem.initial(initial),
+                               rtol=0, atol=1e-15)
+    for side in (lo, hi):
+        face = torch.stack([torch.full_like(t, side), t], -1)
+        torch.testing.assert_close(task.predict(model, params, face), task.problem.boundary(face),
+                                   rtol=0, atol=1e-15)
+    # the network itself is not the data inside: the factor tau B does the work
+    u = task.predict(model, params, task.x_train)
+    assert (u - task.problem.initial(task.x_train)).abs().max() > 1e-3
+
+
+def test_hard_ic_needs_time_independent_boundary_data(tmp_path):
+    with pytest.raises(ConfigError, match="task.hard_ic: helmholtz2d is not an evolution problem"):
+        make_task("helmholtz2d", tmp_path, hard_ic=True)
+
+
+def test_options_off_keep_the_soft_rows_and_the_plain_network(tmp_path):
+    task = make_task("allen_cahn", tmp_path)
+    assert set(task.kind_train.tolist()) == {0, 1, 2} and task.offset_train is None
+    assert set(full_batch(task)) == {"x", "kind", "g"}
+    assert task.build_model()._output_transform is None
+
+
 # ----------------------------------------------------------------------------- references
 
 
@@ -269,6 +320,7 @@ def dense_gauss_newton(task, model, batch) -> torch.Tensor:
     ("poisson1d", {}), ("burgers", {}), ("helmholtz2d", {}),
     ("helmholtz2d", {"hard_bc": True, "residual_scale": 50.0, "input_scale": 2.0, "activation": "sin"}),
     ("burgers", {"hard_bc": True, "input_scale": 1.5}),
+    ("allen_cahn", {"hard_ic": True, "input_scale": 2.0}),
 ])
 def test_residual_ggn_equals_dense_gauss_newton(problem, over, tmp_path):
     task = make_task(problem, tmp_path, n_domain=9, n_boundary=4, n_initial=5, hidden=[5, 4],

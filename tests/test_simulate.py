@@ -65,8 +65,11 @@ def test_resume_extends_a_finished_run_to_the_same_numbers(tmp_path):
                                   metrics_without_wall(tmp_path / "straight"), check_exact=True)
 
 
-def test_sigkill_mid_run_then_restart_matches_uninterrupted(tmp_path):
-    cfg = tiny(rounds=40, client={"local_epochs": 6}, task={"n_train": 128})
+@pytest.mark.parametrize("aggregator", ["fipa", "centralized"])
+def test_sigkill_mid_run_then_restart_matches_uninterrupted(tmp_path, aggregator):
+    """Centralized too: its persistent optimizer state is part of the checkpoint."""
+    agg = {"fipa": {}, "centralized": {"name": "centralized"}}[aggregator]
+    cfg = tiny(rounds=40, client={"local_epochs": 6}, task={"n_train": 128}, aggregator=agg)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "killed"
@@ -109,6 +112,40 @@ def test_centralized_pools_all_clients_into_one():
     assert len(fed.data) == 4
     assert torch.equal(torch.sort(torch.cat([d["x"] for d in fed.data]), dim=0).values,
                        torch.sort(sim.data[0]["x"], dim=0).values)
+
+
+PINN = {"task": {"name": "pde", "problem": "poisson1d", "n_domain": 40, "hidden": [8, 8], "test_points": 50},
+        "partition": {"scheme": "domain_split", "clients": 4, "pieces": 1},
+        "client": {"method": "local", "optimizer": "adam", "lr": 0.01, "local_steps": 10},
+        "aggregator": {"name": "centralized"}, "rounds": 3, "eval_every": 3, "seed": 0}
+
+
+def test_centralized_is_one_uninterrupted_training():
+    """3 rounds x 10 full-batch Adam steps = one round of 30: the optimizer state persists
+    across rounds (metrics equal up to the rounding of theta + (theta_local - theta))."""
+    three = train_final(PINN)
+    one = train_final({**PINN, "rounds": 1, "eval_every": 1, "client": {**PINN["client"], "local_steps": 30}})
+    for k in ("train_loss", "test_loss", "rel_l2"):
+        assert three[k] == pytest.approx(one[k], rel=1e-10)
+    # the oracle can fail: one client that restarts Adam every round (FedAvg of M = 1) does not match
+    restarted = train_final({**PINN, "aggregator": {"name": "fedavg"},
+                             "partition": {"scheme": "iid", "clients": 1}})
+    assert abs(restarted["train_loss"] - one["train_loss"]) > 1e-3 * one["train_loss"]
+
+
+def train_final(cfg: dict) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return run(cfg, d)["final"]
+
+
+def test_centralized_takes_one_clients_steps_per_round(tmp_path):
+    """local_epochs count a client's epochs: 64 samples over 4 iid clients (16 each), batch 8,
+    2 epochs = 4 steps a round, so 4 rounds are 16 steps on the pooled data (not 4 x 16)."""
+    run(tiny(aggregator={"name": "centralized"}, partition={"scheme": "iid", "clients": 4}), tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert int(ckpt["client_states"]["0"]["opt.step"]) == 4 * 4
 
 
 @pytest.mark.parametrize(("clients", "frac", "k"), [(20, 0.25, 5), (100, 0.05, 5), (4, 1.0, 4), (3, 0.1, 1)])

@@ -69,24 +69,27 @@ def both_paths(cfg: dict, tmp_path) -> tuple[pd.DataFrame, pd.DataFrame, dict, d
     return a, b, ca, cb
 
 
-def assert_close_vector(got: torch.Tensor, want: torch.Tensor) -> None:
+def assert_close_vector(got: torch.Tensor, want: torch.Tensor, rtol: float = RTOL) -> None:
     """||got - want|| <= RTOL ||want|| (parameter vectors: entries near 0 make elementwise
-    relative errors meaningless)."""
-    assert float((got - want).norm()) <= RTOL * float(want.norm()) + 1e-15
+    relative errors meaningless); integer state (an optimizer's step count) exactly."""
+    if not got.is_floating_point():
+        assert torch.equal(got, want)
+        return
+    assert float((got - want).norm()) <= rtol * float(want.norm()) + 1e-15
 
 
-def assert_same_run(cfg: dict, tmp_path) -> None:
+def assert_same_run(cfg: dict, tmp_path, rtol: float = RTOL) -> None:
     a, b, ca, cb = both_paths(cfg, tmp_path)
     assert list(a.columns) == list(b.columns) and len(a) == cfg["rounds"] + 1
-    np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=RTOL, atol=0)
-    assert_close_vector(cb["theta"], ca["theta"])
+    np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=rtol, atol=0)
+    assert_close_vector(cb["theta"], ca["theta"], rtol)
     # stateful methods: per-client and server state agree as well
     assert ca["client_states"].keys() == cb["client_states"].keys()
     for m, st in ca["client_states"].items():
         for k, v in st.items():
-            assert_close_vector(cb["client_states"][m][k], v)
+            assert_close_vector(cb["client_states"][m][k], v, rtol)
     for k, v in ca["method_state"].items():
-        assert_close_vector(cb["method_state"][k], v)
+        assert_close_vector(cb["method_state"][k], v, rtol)
 
 
 def client_block(method: str, **over) -> dict:
@@ -176,7 +179,9 @@ def test_quantity_skew_sgd_momentum_and_partial_participation(tmp_path, method, 
     sim = Simulation.build(parse_run_config(cfg))
     sizes = {next(iter(d.values())).shape[0] for d in sim.data}
     assert len(sizes) > 2  # the data sizes really differ
-    assert_same_run(cfg, tmp_path)
+    # three rounds of FIPA (rounding amplified up to 1/rho = 100x per round, see RTOL) on top
+    # of SCAFFOLD's control variates: the two paths part by ~5e-10 on some CPUs
+    assert_same_run(cfg, tmp_path, rtol=1e-8)
 
 
 def test_pinn_minibatches_and_local_steps(tmp_path):

@@ -133,14 +133,57 @@ class HardDirichlet(nn.Module):
         return self.factor_jet(inputs)[0][..., None] * outputs
 
 
+Jet = tuple[Tensor, Tensor, Tensor]  # (f [n], grad f [n, d], Hess f [n, d, d]) at n points
+
+
+class HardInitialBoundary(HardDirichlet):
+    """Output transform u(x, t) = A(x) + tau(t) B(x) N(x, t): initial and boundary data exact.
+
+    A(x) = u0(x) = u(x, t0) is the initial data, tau(t) = (t - t0) / (t1 - t0) and B the
+    bubble of HardDirichlet. At t = t0, u = u0; on the spatial boundary, u = u0 there at
+    every t, which is the Dirichlet data of a problem whose boundary values do not change
+    in time (Problem.static_boundary). DeepXDE's Allen_Cahn example uses exactly
+    u = x^2 cos(pi x) + t (1 - x^2) N, its diffusion_reaction example
+    u = u0(x) + t (pi^2 - x^2) N (the same up to B's constant).
+    """
+
+    def __init__(self, space: list[tuple[float, float]], time: tuple[float, float],
+                 initial: Callable[[Tensor], Tensor]) -> None:
+        super().__init__(space)
+        self.time = (float(time[0]), float(time[1]))
+        self.initial = initial  # u0: points [..., d] -> [...], evaluated at t = t0
+
+    def factor_jet(self, x: Tensor) -> Jet:
+        """(C [n], grad C [n, d], Hess C [n, d, d]) of C = tau(t) B(x) at x [n, d] (time last)."""
+        B, dB, d2B = super().factor_jet(x)  # the time axis enters B as the factor 1
+        t0, t1 = self.time
+        tau, dtau = (x[..., -1] - t0) / (t1 - t0), 1 / (t1 - t0)
+        # product with tau(t): d/dt picks up dtau B, d2/dt dx_j picks up dtau dB_j (tau'' = 0)
+        e = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+        e[-1] = 1.0  # the time direction
+        dC = tau[:, None] * dB + dtau * B[:, None] * e
+        cross = dtau * dB[:, :, None] * e[None, None, :]
+        d2C = tau[:, None, None] * d2B + cross + cross.transpose(1, 2)
+        return tau * B, dC, d2C
+
+    def offset(self, x: Tensor) -> Tensor:
+        """A(x) = u0 at the point's position and t0: [n, d] -> [n]."""
+        return self.initial(torch.cat([x[..., :-1], torch.full_like(x[..., -1:], self.time[0])], -1))
+
+    def forward(self, inputs: Tensor, outputs: Tensor) -> Tensor:
+        return self.offset(inputs)[..., None] + super().forward(inputs, outputs)
+
+
 def fnn_jet(
-    model: nn.Module, params: dict[str, Tensor], x: Tensor, activation: str
-) -> tuple[Tensor, Tensor, Tensor]:
+    model: nn.Module, params: dict[str, Tensor], x: Tensor, activation: str, offset: Jet | None = None,
+) -> Jet:
     """(u [n], du [n, d], d2u [n, d, d]) of a DeepXDE FNN with a UnitBox input transform.
 
     ``params`` holds "linears.{l}.weight" [out, in] and "linears.{l}.bias" [out].
     Derivative tensors keep the input-direction axes before the feature axis:
-    da [n, d, w], d2a [n, d, d, w].
+    da [n, d, w], d2a [n, d, d, w]. With a HardInitialBoundary output transform, ``offset``
+    is the jet of its A at x, which does not depend on theta: the task computes it once
+    per point (PINN.client_data); None computes it here with torch.func (slow, ~ms).
     """
     act = ACTIVATION_JETS.get(activation, key="task.activation")
     box: UnitBox = model._input_transform
@@ -176,5 +219,13 @@ def fnn_jet(
     # product rule for B N: grad = B dN + N dB, Hess = B d2N + dN dB^T + dB dN^T + N d2B
     B, dB, d2B = hard.factor_jet(x)
     cross = du[:, :, None] * dB[:, None, :]
-    return (B * u, B[:, None] * du + u[:, None] * dB,
-            B[:, None, None] * d2u + cross + cross.transpose(1, 2) + u[:, None, None] * d2B)
+    jet = (B * u, B[:, None] * du + u[:, None] * dB,
+           B[:, None, None] * d2u + cross + cross.transpose(1, 2) + u[:, None, None] * d2B)
+    if not isinstance(hard, HardInitialBoundary):
+        return jet
+    if offset is None:
+        from fipa.tasks.pde.problems import derivative_rows  # torch.func oracle: correct, slow
+
+        offset = derivative_rows(hard.offset, x)
+    # u = A + C N: add the jet of A
+    return tuple(a + c for a, c in zip(offset, jet, strict=True))

@@ -50,6 +50,8 @@ class Problem:
     reference: Callable[[list[np.ndarray], Path], np.ndarray] | None = None
     constants: dict[str, float] = field(default_factory=dict)
     zero_boundary: bool = False  # g = 0 on the spatial boundary: a hard constraint may replace BC rows
+    # g(x, t) = u0(x) on the spatial boundary at every t: u = u0 + tau B N (hard_ic) replaces BC and IC rows
+    static_boundary: bool = False
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -196,6 +198,7 @@ PROBLEMS.register("heat1d")(Problem(
         "u = exp(-0.4 pi^2 t) sin(pi x) (DeepXDE heat example)",
     space=((0.0, 1.0),), time=(0.0, 1.0), residual=_heat_residual, boundary=_heat_exact,
     initial=_heat_exact, exact=_heat_exact, constants={"a": _HEAT_A}, zero_boundary=True,
+    static_boundary=True,
 ))
 
 
@@ -219,7 +222,7 @@ PROBLEMS.register("diffusion_reaction")(Problem(
     doc="u_t = u_xx + R(x,t) on [-pi,pi] x [0,1], u = e^-t sum_{k in 1,2,3,4,8} sin(kx)/k "
         "(DeepXDE diffusion_reaction example)",
     space=((-math.pi, math.pi),), time=(0.0, 1.0), residual=_dr_residual, boundary=_dr_exact,
-    initial=_dr_exact, exact=_dr_exact,
+    initial=_dr_exact, exact=_dr_exact, static_boundary=True,  # u(+-pi, t) = 0
 ))
 
 
@@ -253,7 +256,7 @@ PROBLEMS.register("allen_cahn")(Problem(
     doc="u_t = 0.001 u_xx + 5 (u - u^3) on [-1,1] x [0,1], u(x,0) = x^2 cos(pi x), u(+-1,t) = -1 "
         "(DeepXDE Allen_Cahn example); reference: method of lines, 2048 cells, Richardson",
     space=((-1.0, 1.0),), time=(0.0, 1.0), residual=_ac_residual, boundary=_ac_boundary,
-    initial=_ac_initial, reference=_ac_reference, constants={"d": _AC_D},
+    initial=_ac_initial, reference=_ac_reference, constants={"d": _AC_D}, static_boundary=True,
 ))
 
 
@@ -287,4 +290,5 @@ PROBLEMS.register("burgers")(Problem(
         "reference: Cole-Hopf with 120-node Gauss-Hermite quadrature",
     space=((-1.0, 1.0),), time=(0.0, 1.0), residual=_burgers_residual, boundary=_zero,
     initial=_burgers_initial, reference=_burgers_reference, constants={"nu": _NU}, zero_boundary=True,
+    static_boundary=True,
 ))

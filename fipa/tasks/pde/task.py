@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,8 @@ from torch.func import functional_call
 
 from fipa.partition import PartitionInput
 from fipa.tasks.base import TASKS, Batch, Task
-from fipa.tasks.pde.network import ACTIVATION_JETS, HardDirichlet, UnitBox, fnn_jet
-from fipa.tasks.pde.problems import PROBLEMS, Problem, dde, residual_rows
+from fipa.tasks.pde.network import ACTIVATION_JETS, HardDirichlet, HardInitialBoundary, UnitBox, fnn_jet
+from fipa.tasks.pde.problems import PROBLEMS, Problem, dde, derivative_rows, residual_rows
 
 SAMPLINGS = ("uniform", "pseudo", "LHS", "Halton", "Hammersley", "Sobol")
 KIND_PDE, KIND_BOUNDARY, KIND_INITIAL = 0, 1, 2
@@ -30,7 +31,14 @@ class PDEParams:
     k0^2 = 157.9 for helmholtz2d, making its rows O(1)). ``hard_bc`` builds u = B(x) N(x)
     with a bubble B vanishing on the spatial boundary (network.HardDirichlet), for problems
     with zero Dirichlet data; the boundary rows are then dropped (``n_boundary`` unused).
+    ``hard_ic`` (evolution problems with time-independent boundary data, e.g. allen_cahn)
+    builds u = u0(x) + (t - t0)/(t1 - t0) B(x) N(x, t) (network.HardInitialBoundary, DeepXDE's
+    Allen_Cahn transform): initial and boundary data hold exactly, both kinds of data rows are
+    dropped (``n_boundary``, ``n_initial``, ``bc_weight``, ``ic_weight`` unused), and
+    ``hard_bc`` is implied.
     ``input_scale`` c maps the domain box onto [-c, c]^d before the first layer (UnitBox).
+    ``t_end`` (evolution problems) ends the time interval early, at t0 < t_end <= t1: training
+    points, test grid and reference all cover [t0, t_end] only (None: the problem's own t1).
     ``sampling`` is a DeepXDE sampler name or "uniform" (a grid). ``test_points`` is per
     axis (a 2-D problem is tested on test_points^2 points).
     """
@@ -44,6 +52,8 @@ class PDEParams:
     residual_scale: float = 1.0
     input_scale: float = 1.0
     hard_bc: bool = False
+    hard_ic: bool = False
+    t_end: float | None = None
     hidden: list[int] = field(default_factory=lambda: [32, 32, 32])
     activation: str = "tanh"
     initializer: str = "Glorot normal"
@@ -62,7 +72,7 @@ class PDEParams:
         if self.n_initial < 0:
             out.append(("n_initial", f"must be >= 0, got {self.n_initial}"))
         elif (self.problem in PROBLEMS and PROBLEMS.get(self.problem).time is not None
-              and self.n_initial < 1):
+              and self.n_initial < 1 and not self.hard_ic):
             out.append(("n_initial", f"{self.problem} is an evolution problem: needs >= 1 initial point"))
         for key in ("bc_weight", "ic_weight", "residual_scale", "input_scale"):
             if getattr(self, key) <= 0:
@@ -70,6 +80,16 @@ class PDEParams:
         if self.hard_bc and self.problem in PROBLEMS and not PROBLEMS.get(self.problem).zero_boundary:
             out.append(("hard_bc", f"{self.problem} has nonzero Dirichlet data; the hard constraint "
                         "u = B(x) N(x) needs g = 0 (helmholtz2d, heat1d, burgers): set hard_bc: false"))
+        if self.hard_ic and self.problem in PROBLEMS and not PROBLEMS.get(self.problem).static_boundary:
+            static = ", ".join(n for n in PROBLEMS.names() if PROBLEMS.get(n).static_boundary)
+            out.append(("hard_ic", f"{self.problem} is not an evolution problem with time-independent "
+                        f"boundary data equal to its initial data there; u = u0 + t B N needs one "
+                        f"({static}): set hard_ic: false"))
+        if self.t_end is not None and self.problem in PROBLEMS:
+            time = PROBLEMS.get(self.problem).time
+            if time is None or not time[0] < self.t_end <= time[1]:
+                out.append(("t_end", f"{self.problem}: needs an evolution problem and t0 < t_end <= t1 "
+                            f"(time interval {time}), got {self.t_end}; or leave it unset"))
         if not self.hidden or any(h < 1 for h in self.hidden):
             out.append(("hidden", f"needs at least one layer, widths >= 1; got {self.hidden}"))
         if self.activation not in ACTIVATION_JETS:
@@ -143,10 +163,10 @@ def training_points(problem: Problem, p: PDEParams, seed: int) -> tuple[np.ndarr
     with dde_sampling(seed):
         interior = sample_interior(geom, p.n_domain, p.sampling)
         candidates = []
-        if not p.hard_bc:  # a hard constraint satisfies the boundary data exactly: no rows
+        if not (p.hard_bc or p.hard_ic):  # a hard constraint satisfies the boundary data exactly: no rows
             candidates.append((KIND_BOUNDARY, sample_boundary(geom, p.n_boundary, p.sampling),
                                dde.icbc.DirichletBC(geom, _numpy_field(problem.boundary), lambda _, on: on)))
-        if problem.time is not None:
+        if problem.time is not None and not p.hard_ic:
             candidates.append((KIND_INITIAL, sample_initial(geom, p.n_initial, p.sampling),
                                dde.icbc.IC(geom, _numpy_field(problem.initial), lambda _, on: on)))
         xs, kinds, gs = [interior], [np.full(len(interior), KIND_PDE)], [np.zeros(len(interior))]
@@ -181,11 +201,17 @@ class PINN(Task):
     def __init__(self, params: PDEParams, seed: int, dtype: torch.dtype) -> None:
         super().__init__(params, seed, dtype)
         self.problem = PROBLEMS.get(params.problem, key="task.problem")
+        if params.t_end is not None:  # a shorter time interval: the same PDE on [t0, t_end]
+            self.problem = dataclasses.replace(self.problem, time=(self.problem.time[0], params.t_end))
         x, kind, g = training_points(self.problem, params, seed * 7919 + 104729)
         self.x_train = torch.as_tensor(x, dtype=dtype)
         self.kind_train = torch.as_tensor(kind)
         self.g_train = torch.as_tensor(g, dtype=dtype)
         self.sqrt_w = (params.bc_weight**0.5, params.ic_weight**0.5)
+        # hard_ic: the jet of the transform's A = u0 at every training point (theta-free, made once)
+        self.offset_train = None
+        if params.hard_ic:
+            self.offset_train = derivative_rows(self._hard_transform().offset, self.x_train)
         self.grid_axes = [np.linspace(lo, hi, params.test_points) for lo, hi in self.problem.bounds]
         u_ref = self.problem.solution(self.grid_axes, Path(params.reference_dir))  # [*shape]
         mesh = np.stack(np.meshgrid(*self.grid_axes, indexing="ij"), axis=-1)  # [*shape, d]
@@ -198,7 +224,18 @@ class PINN(Task):
 
     def client_data(self, indices: np.ndarray) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {"x": self.x_train[idx], "kind": self.kind_train[idx], "g": self.g_train[idx]}
+        batch = {"x": self.x_train[idx], "kind": self.kind_train[idx], "g": self.g_train[idx]}
+        if self.offset_train is not None:  # per-point data of the hard_ic transform: A, grad A, Hess A
+            batch.update(zip(("a", "da", "d2a"), (t[idx] for t in self.offset_train), strict=True))
+        return batch
+
+    def _hard_transform(self) -> nn.Module | None:
+        """The output transform of the hard constraints, or None (soft data rows only)."""
+        if self.params.hard_ic:
+            return HardInitialBoundary(list(self.problem.space), self.problem.time, self.problem.initial)
+        if self.params.hard_bc:
+            return HardDirichlet(list(self.problem.space))
+        return None
 
     def build_model(self) -> nn.Module:
         p = self.params
@@ -206,13 +243,15 @@ class PINN(Task):
         with dde_sampling(0):  # float64 layers from the start; torch's RNG draws the weights
             net = dde.nn.FNN([d, *p.hidden, 1], p.activation, p.initializer)
         net.apply_feature_transform(UnitBox(self.problem.bounds, p.input_scale))
-        if p.hard_bc:
-            net.apply_output_transform(HardDirichlet(list(self.problem.space)))
+        hard = self._hard_transform()
+        if hard is not None:
+            net.apply_output_transform(hard)
         return net.to(self.dtype)
 
     def outputs(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """Residuals [n, 1]; functional in ``params`` and vmap-safe (plain tensor ops)."""
-        jet = fnn_jet(model, params, batch["x"], self.params.activation)
+        offset = (batch["a"], batch["da"], batch["d2a"]) if "a" in batch else None
+        jet = fnn_jet(model, params, batch["x"], self.params.activation, offset)
         return residual_rows(self.problem, batch["x"], batch["kind"], batch["g"], jet, self.sqrt_w,
                              self.params.residual_scale)[:, None]
 
