@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fipa.config import ConfigError
+from fipa.errors import FipaError
 
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
                      "mean_load", "cpu_time"]
@@ -130,7 +131,7 @@ def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None
                 results[cell.output] = final
                 continue
             prepare_run_dir(Path(cell.output), cfg, supersede, cell.spec is not None, echo)
-        except ConfigError as e:
+        except FipaError as e:
             echo(f"{label}: error: {e}")
             results[cell.output] = None
             continue
@@ -152,7 +153,7 @@ def _run_jobs(jobs: list[tuple[Cell, Any, str]], make_log, echo, status, threads
             try:
                 sim = prepared(Simulation.build(cfg, device), threads)
                 loops.append((cell, label, RunLoop(sim, Path(cell.output), make_log(cell), label)))
-            except ConfigError as e:
+            except FipaError as e:
                 echo(f"{label}: error: {e}")
                 results[cell.output] = None
             except Exception:

@@ -8,16 +8,31 @@ import sys
 from pathlib import Path
 
 from fipa.config import ConfigError
+from fipa.errors import FipaError
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    """Every registry: what a config may name."""
     from fipa.aggregators import AGGREGATORS
     from fipa.clients import CLIENT_METHODS
+    from fipa.optim import OPTIMIZERS
     from fipa.partition import SCHEMES
     from fipa.tasks import TASKS
+    from fipa.tasks.pde.network import ACTIVATION_JETS
+    from fipa.tasks.pde.problems import PROBLEMS
+    from fipa.tasks.regression import TARGETS
+    from fipa.tasks.vision import DATASETS, MODELS
 
-    for title, reg in (("aggregators", AGGREGATORS), ("client methods", CLIENT_METHODS),
-                       ("tasks", TASKS), ("partition schemes", SCHEMES)):
+    for title, reg in (("aggregators (aggregator.name)", AGGREGATORS),
+                       ("client methods (client.method)", CLIENT_METHODS),
+                       ("optimizers (client.optimizer)", OPTIMIZERS),
+                       ("partition schemes (partition.scheme)", SCHEMES),
+                       ("tasks (task.name)", TASKS),
+                       ("regression targets (task.target)", TARGETS),
+                       ("PDE problems (task.problem)", PROBLEMS),
+                       ("PDE activations (task.activation)", ACTIVATION_JETS),
+                       ("vision data sets (task.dataset)", DATASETS),
+                       ("vision models (task.model)", MODELS)):
         print(f"{title}: {', '.join(reg.names())}")
 
 
@@ -30,8 +45,10 @@ def _run_config(args: argparse.Namespace):
         return load_run_config(args.config)
     import yaml
 
+    from fipa.io import load_yaml
+
     try:
-        raw = yaml.safe_load(args.spec)
+        raw = load_yaml(args.spec)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at column {where.column + 1}" if where is not None else ""
@@ -105,7 +122,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(status_line(label, final, args.grid_root, args.grid_total), flush=True)
     else:
         status = "DIVERGED" if final["diverged"] else "done"
-        print(f"{label} {status}: {final['rounds_completed']} rounds, final {final['final']}")
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in final["final"].items())
+        print(f"{label} {status}: {final['rounds_completed']} rounds in {final['wall_s']:.1f} s; "
+              f"final {metrics}; outputs in {args.output}")
 
 
 def cmd_train_batch(args: argparse.Namespace) -> None:
@@ -313,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ConfigError as e:
+    except FipaError as e:
         print(f"fipa {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,18 +8,16 @@ A run config has fixed top-level sections; the keys inside ``task``, ``partition
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fipa.errors import ConfigError  # re-exported: the project-wide user error
 from fipa.registry import Registry, UnknownNameError
-
-
-class ConfigError(ValueError):
-    """Bad input, found before any training; the message names the key and the fix."""
-
 
 # ----------------------------------------------------------------------------- params
 
@@ -54,9 +52,12 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         try:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -149,6 +150,11 @@ class ClientConfig:
         out = []
         if self.lr <= 0:
             out.append(("lr", f"must be > 0, got {self.lr}"))
+        for key in ("momentum", "weight_decay"):
+            if getattr(self, key) < 0:
+                out.append((key, f"must be >= 0, got {getattr(self, key)}"))
+        if self.momentum >= 1:
+            out.append(("momentum", f"must be < 1, got {self.momentum}"))
         if not 0 < self.lr_decay <= 1:
             out.append(("lr_decay", f"must lie in (0, 1] (per-round factor on lr), got {self.lr_decay}"))
         if self.local_epochs < 1:
@@ -185,6 +191,9 @@ class RunConfig:
     # torch CPU threads: "auto" (fipa/threads.py: 1 for small models, every core for large
     # ones) or a count; ``fipa train --threads`` overrides it
     threads: Any = "auto"
+    # a run whose training loss exceeds this multiple of its initial one has diverged (besides
+    # any non-finite parameter or loss): it ends with diverged: true and no final metrics
+    divergence_factor: float = 1e6
 
     def to_dict(self) -> dict[str, Any]:
         client = as_dict(self.client)
@@ -204,7 +213,7 @@ class RunConfig:
 _TOP_KEYS = {
     "task", "partition", "client", "aggregator", "rounds", "seed", "participation",
     "eval_every", "checkpoint_every", "dtype", "device", "partition_file", "warmup_checkpoint",
-    "labels", "vectorize", "threads",
+    "labels", "vectorize", "threads", "divergence_factor",
 }
 _REQUIRED = ("task", "partition", "client", "aggregator", "rounds")
 _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
@@ -267,12 +276,18 @@ _TOP_TYPES = {
     "dtype": typing.Literal["float32", "float64"], "device": str,
     "partition_file": str | None, "warmup_checkpoint": str | None, "labels": dict,
     "vectorize": typing.Literal["auto", True, False], "threads": Any,
+    "divergence_factor": float,
 }
 
 
 def _check_top(cfg: RunConfig) -> None:
     if cfg.rounds < 0:
         raise ConfigError(f"rounds: must be >= 0, got {cfg.rounds}")
+    if cfg.divergence_factor <= 1:
+        raise ConfigError(f"divergence_factor: must be > 1 (a multiple of the initial training loss), "
+                          f"got {cfg.divergence_factor}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed: must lie in [0, 2^63), got {cfg.seed}")
     if not 0.0 < cfg.participation <= 1.0:
         raise ConfigError(
             f"participation: must lie in (0, 1] (fraction of clients per round), got {cfg.participation}"
@@ -288,7 +303,7 @@ def _check_top(cfg: RunConfig) -> None:
         raise ConfigError(f"threads: use auto or a count >= 1, got {cfg.threads!r}")
     if cfg.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every: must be >= 1, got {cfg.checkpoint_every}")
-    if cfg.device != "cpu" and not (cfg.device == "auto" or cfg.device.startswith("cuda")):
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device: use cpu, cuda, cuda:N or auto, got {cfg.device!r}")
     for key in ("partition_file", "warmup_checkpoint"):
         p = getattr(cfg, key)
@@ -305,6 +320,8 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: config file not found")
     try:
         raw = read_yaml(path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except Exception as e:  # yaml errors carry line numbers; keep them
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return parse_run_config(raw, source=str(path))

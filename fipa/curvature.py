@@ -103,6 +103,8 @@ def lowrank_factor(S: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tens
     """
     N, P = S.shape
     r = min(rank, N, P)
+    if not bool(torch.isfinite(S).all()):  # a diverged model: NaN out (the loop ends the run), no eigh
+        return S.new_full((r,), float("nan")), S.new_full((r, P), float("nan"))
     S64 = S.double()
     if N <= P:
         sigma, U = torch.linalg.eigh(S64 @ S64.T)  # ascending

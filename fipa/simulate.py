@@ -27,7 +27,7 @@ from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, LossProbe
 from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size, steps_per_round
 from fipa.config import ClientConfig, ConfigError, RunConfig
 from fipa.curvature import CurvatureRequest, client_curvature
-from fipa.io import write_csv, write_json
+from fipa.io import RunDirLock, remove_stale_temps, write_csv, write_json
 from fipa.losses import hessian_scale, mean_loss
 from fipa.params import ParamLayout
 from fipa.partition import make_partition
@@ -62,13 +62,16 @@ def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
 
     ckpt = outdir / CHECKPOINT
     if not ckpt.is_file():
-        return None
-    try:
-        stored = torch.load(ckpt, weights_only=True, map_location="cpu").get("fingerprint")
-    except Exception:
-        return None
-    if stored == fingerprint(cfg):
-        return None
+        if not (outdir / "final.json").is_file():
+            return None
+        # a finished run whose checkpoint is gone: it cannot be resumed, and must not be overwritten
+    else:
+        try:
+            stored = torch.load(ckpt, weights_only=True, map_location="cpu").get("fingerprint")
+        except Exception:
+            return None
+        if stored == fingerprint(cfg):
+            return None
     dest = outdir / "superseded" / time.strftime("%Y%m%dT%H%M%S")
     dest.mkdir(parents=True)
     for item in outdir.iterdir():
@@ -99,8 +102,13 @@ def _canonical(d: Any) -> str:
 
 def prepare_run_dir(outdir: Path, cfg: RunConfig, supersede: bool, record_config: bool,
                     echo: Callable[[str], None]) -> None:
-    """Before training into ``outdir``: move a run of another config aside (``supersede``) and
-    write the resolved config as ``run.yaml`` (``record_config``: it came inline, not as a file)."""
+    """Before training into ``outdir``: take its lock (held until the process ends or the run
+    closes), remove temp files of killed writers, move a run of another config aside
+    (``supersede``) and write the resolved config as ``run.yaml`` (``record_config``: it came
+    inline, not as a file)."""
+    if outdir.is_dir():  # a new directory is created (and locked) only once training starts
+        RunDirLock(outdir).acquire()
+        remove_stale_temps(outdir)
     if supersede:
         moved = supersede_stale_run(outdir, cfg)
         if moved is not None:
@@ -512,6 +520,13 @@ class RunLoop:
         cfg = sim.cfg
         self.fp = fingerprint(cfg)
         self.ckpt = outdir / CHECKPOINT
+        self.lock = RunDirLock(outdir)
+        self.lock.acquire()
+        if not self.ckpt.exists() and (outdir / "final.json").exists():
+            self.lock.release()
+            raise ConfigError(f"{outdir}: holds a finished run (final.json) without its checkpoint; "
+                              "rerun with --supersede to keep it in superseded/ and start again, or use "
+                              "another output directory")
         if self.ckpt.exists():
             state = load_checkpoint(self.ckpt, self.fp, sim.device)
             log(f"{label} resuming from round {state.round}")
@@ -572,7 +587,8 @@ class RunLoop:
         state.diverged = not finite or not bool(torch.isfinite(theta_new).all())
         if state.diverged or rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             metrics = sim.evaluate(theta_new) if not state.diverged else {}
-            state.diverged = state.diverged or not all(math.isfinite(v) for v in metrics.values())
+            state.diverged = state.diverged or not all(math.isfinite(v) for v in metrics.values()) \
+                or self.blew_up(metrics)
             metrics.update(stats(state.agg_state))
             state.wall_s = time.perf_counter() - self.t0
             state.rows.append(_row(rnd, metrics, bytes_, state.uplink_total, state.diverged,
@@ -583,6 +599,11 @@ class RunLoop:
             save_checkpoint(self.ckpt, state, self.fp)
             write_csv(self.outdir / "metrics.csv", state.rows, self.columns)
 
+    def blew_up(self, metrics: dict[str, float]) -> bool:
+        """Whether the training loss passed ``divergence_factor`` x the initial one (finite blow-up)."""
+        initial = self.state.rows[0].get("train_loss", math.inf)
+        return metrics.get("train_loss", 0.0) > self.sim.cfg.divergence_factor * initial
+
     def close(self) -> dict[str, Any]:
         """Write the final metrics, checkpoint and final.json; returns final.json's content."""
         state, stats = self.state, self.stats
@@ -592,6 +613,7 @@ class RunLoop:
         final = summarize(self.sim.cfg, self.sim, state)
         final["aggregator_stats"] = stats(state.agg_state)
         write_json(self.outdir / "final.json", final)
+        self.lock.release()
         return final
 
 
@@ -616,7 +638,8 @@ def _progress(label: str, row: dict[str, Any], rounds: int, metric: str) -> str:
 def summarize(cfg: RunConfig, sim: Simulation, state: RunState) -> dict[str, Any]:
     """The content of final.json: identity, outcome, final and best metrics, provenance."""
     evaluated = [r for r in state.rows if "test_loss" in r]
-    last = evaluated[-1] if evaluated else {}
+    # a diverged run has no final metrics: its last finite evaluation is not where it ended
+    last = evaluated[-1] if evaluated and not state.diverged else {}
     keys = ["train_loss", "test_loss", *sim.task.metrics]
     directions = {"train_loss": "min", "test_loss": "min", **sim.task.metrics}
     best = {}

@@ -58,25 +58,16 @@ def assert_lockstep_equals_alone(cfgs: list[dict], tmp_path) -> None:
                                    err_msg=json.dumps(c["aggregator"]))
 
 
-def test_cells_stack_into_one_group_per_round():
+def test_cells_stack_into_one_group_per_round(tmp_path):
     """The grid's federated cells share one group; centralized and SCAFFOLD train alone."""
     cfgs = grid(tiny(), seeds=(0, 1, 2))
     cfgs.append({**tiny(), "client": {**tiny()["client"], "method": "scaffold"}})
-    loops = [RunLoop(Simulation.build(parse_run_config(c)), _NoDir(), lambda s: None, "")
-             for c in cfgs]
+    loops = [RunLoop(Simulation.build(parse_run_config(c)), tmp_path / str(i), lambda s: None, "")
+             for i, c in enumerate(cfgs)]
     groups = _lockstep_groups(loops)
     sizes = sorted(len(g) for g in groups)
     federated = 3 * (len(AGGREGATORS.names()) - 1)
     assert sizes == [1, 1, 1, 1, federated]  # 3 centralized seeds and the SCAFFOLD cell alone
-
-
-class _NoDir:
-    """A run directory that holds no checkpoint (RunLoop only asks for one)."""
-
-    def __truediv__(self, name):
-        from pathlib import Path
-
-        return Path("/nonexistent-fipa-test") / name
 
 
 def test_regression_lockstep_equals_alone_unequal_sizes_partial_participation(tmp_path):

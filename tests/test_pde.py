@@ -182,6 +182,35 @@ def test_hard_ic_needs_time_independent_boundary_data(tmp_path):
         make_task("helmholtz2d", tmp_path, hard_ic=True)
 
 
+def test_causal_weight_scales_pde_rows_by_exp_of_minus_c_tau(tmp_path):
+    plain = make_task("burgers", tmp_path, bc_weight=4.0)
+    causal = make_task("burgers", tmp_path, bc_weight=4.0, causal_weight=3.0)
+    torch.manual_seed(0)
+    model = plain.build_model()
+    params = dict(model.named_parameters())
+    b = full_batch(plain)
+    r0, r1 = plain.outputs(model, params, b)[:, 0], causal.outputs(model, params, b)[:, 0]
+    pde_rows = b["kind"] == 0
+    # squared PDE residual weighted by exp(-3 t) on [0, 1]; data rows untouched
+    torch.testing.assert_close(r1[pde_rows] ** 2, r0[pde_rows] ** 2 * torch.exp(-3.0 * b["x"][pde_rows, 1]),
+                               rtol=1e-13, atol=0)
+    assert torch.equal(r1[~pde_rows], r0[~pde_rows])
+
+
+def test_t_end_shortens_the_time_interval_everywhere(tmp_path):
+    task = make_task("allen_cahn", tmp_path, t_end=0.5, hard_ic=True)
+    assert task.problem.time == (0.0, 0.5) and task.problem.bounds[-1] == (0.0, 0.5)
+    assert float(task.x_train[:, 1].max()) <= 0.5 and float(task.x_test[:, 1].max()) == 0.5
+    full = make_task("allen_cahn", tmp_path, hard_ic=True)
+    # the reference on the shorter grid is the full reference's solution at those times
+    half = full.problem.solution([task.grid_axes[0], task.grid_axes[1]], tmp_path / "ref")
+    np.testing.assert_allclose(task.u_test.numpy(), half.reshape(-1), rtol=0, atol=1e-12)
+    with pytest.raises(ConfigError, match="task.t_end"):
+        make_task("allen_cahn", tmp_path, t_end=1.5)
+    with pytest.raises(ConfigError, match="task.causal_weight"):
+        make_task("poisson1d", tmp_path, causal_weight=1.0)
+
+
 def test_options_off_keep_the_soft_rows_and_the_plain_network(tmp_path):
     task = make_task("allen_cahn", tmp_path)
     assert set(task.kind_train.tolist()) == {0, 1, 2} and task.offset_train is None

@@ -37,6 +37,10 @@ class PDEParams:
     dropped (``n_boundary``, ``n_initial``, ``bc_weight``, ``ic_weight`` unused), and
     ``hard_bc`` is implied.
     ``input_scale`` c maps the domain box onto [-c, c]^d before the first layer (UnitBox).
+    ``causal_weight`` c (evolution problems) multiplies the squared PDE residual at time t by
+    exp(-c tau), tau = (t - t0) / (t_end - t0): a fixed, non-adaptive form of the causal weighting
+    of Wang, Sankaran & Perdikaris (2022) that makes early times count most, so the network
+    follows the evolution from the initial data instead of settling on a wrong late-time state.
     ``t_end`` (evolution problems) ends the time interval early, at t0 < t_end <= t1: training
     points, test grid and reference all cover [t0, t_end] only (None: the problem's own t1).
     ``sampling`` is a DeepXDE sampler name or "uniform" (a grid). ``test_points`` is per
@@ -54,6 +58,7 @@ class PDEParams:
     hard_bc: bool = False
     hard_ic: bool = False
     t_end: float | None = None
+    causal_weight: float = 0.0
     hidden: list[int] = field(default_factory=lambda: [32, 32, 32])
     activation: str = "tanh"
     initializer: str = "Glorot normal"
@@ -85,6 +90,9 @@ class PDEParams:
             out.append(("hard_ic", f"{self.problem} is not an evolution problem with time-independent "
                         f"boundary data equal to its initial data there; u = u0 + t B N needs one "
                         f"({static}): set hard_ic: false"))
+        if self.causal_weight < 0 or (self.causal_weight and self.problem in PROBLEMS
+                                      and PROBLEMS.get(self.problem).time is None):
+            out.append(("causal_weight", f"must be >= 0 (0 for a steady problem), got {self.causal_weight}"))
         if self.t_end is not None and self.problem in PROBLEMS:
             time = PROBLEMS.get(self.problem).time
             if time is None or not time[0] < self.t_end <= time[1]:
@@ -252,8 +260,17 @@ class PINN(Task):
         """Residuals [n, 1]; functional in ``params`` and vmap-safe (plain tensor ops)."""
         offset = (batch["a"], batch["da"], batch["d2a"]) if "a" in batch else None
         jet = fnn_jet(model, params, batch["x"], self.params.activation, offset)
-        return residual_rows(self.problem, batch["x"], batch["kind"], batch["g"], jet, self.sqrt_w,
-                             self.params.residual_scale)[:, None]
+        r = residual_rows(self.problem, batch["x"], batch["kind"], batch["g"], jet, self.sqrt_w,
+                          self.params.residual_scale)
+        if self.params.causal_weight:
+            r = r * self.causal_factor(batch["x"], batch["kind"])
+        return r[:, None]
+
+    def causal_factor(self, x: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """sqrt of the causal weight: exp(-c tau / 2) on PDE rows, 1 on data rows: [n]."""
+        t0, t1 = self.problem.time
+        tau = (x[:, -1] - t0) / (t1 - t0)
+        return torch.where(kind == 0, torch.exp(-0.5 * self.params.causal_weight * tau), torch.ones_like(tau))
 
     def targets(self, batch: Batch) -> torch.Tensor:
         return torch.zeros(batch["x"].shape[0], 1, dtype=batch["x"].dtype, device=batch["x"].device)
