@@ -1,17 +1,54 @@
-"""Summary tables and figures from run directories (used by the CLI and the notebook)."""
+"""Summary tables, paired statistics, claims and health checks from run directories.
+
+Used by ``fipa collect``, ``fipa figures``, ``fipa report`` and notebooks/report.ipynb.
+Figures live in fipa/report_plots.py, colours in fipa/palette.py.
+
+Statistics, in one place: every comparison of aggregator a with b is *paired by seed*
+(same task, partition, client method, seed: same data split, same warm-up). For a
+metric where lower is better the per-seed effect is the log-ratio of errors
+``log(e_a / e_b)``; for an accuracy it is the log-ratio of error rates ``1 - acc``, so a
+negative effect always means "a has the lower error". The interval over seeds is the
+Student t interval ``mean +- t_{n-1, 0.975} sd / sqrt(n)``. Diverged runs never enter a
+mean as numbers: they are counted and shown.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from fipa.errors import FipaError
 from fipa.io import atomic_write
+from fipa.palette import order as aggregator_order
 
 ID_COLUMNS = ["task", "partition", "client_method", "aggregator", "seed"]
+CELL = ["task", "partition", "client_method"]
+
+# a problem counts as learned when some method's mean final metric is at or below this
+THRESHOLDS = {"rel_l2": 0.1}
+# "low rank is enough": the low rank's error at most this factor above the highest rank's
+RANK_MARGIN = 1.25
+# the knobs of a FIPA run an ablation may sweep (keys of the run config's aggregator block)
+KNOBS = ("rank", "rho", "server_lr", "complement", "damping", "curvature_at", "curvature_samples")
+
+SUPPORTED, NOT_SUPPORTED = "supported", "not supported"
+INCONCLUSIVE, NOT_MEASURED = "inconclusive at this budget", "not measured in this run"
+
+METRIC_LABELS = {"test_mse": "test MSE", "rel_l2": "relative L2 error", "test_acc": "test accuracy",
+                 "test_loss": "test loss", "train_loss": "training loss"}
+
+
+class ReportError(FipaError):
+    """The executed report is incomplete (a figure without an image, output on stderr)."""
+
+
+# ----------------------------------------------------------------------------- collecting runs
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -23,7 +60,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         elif p.is_file() and p.name == "final.json":
             found.add(p.parent)
         elif p.is_dir():
-            found.update(f.parent for f in p.rglob("final.json"))
+            found.update(f.parent for f in p.rglob("final.json") if "superseded" not in f.parts)
     return sorted(found)
 
 
@@ -66,126 +103,19 @@ def load_curves(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def final_table(summary: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
-    """Mean and std over seeds of the final primary metric, per task x partition x method x agg."""
-    out = []
-    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
-        m = metric or g["primary_metric"].iloc[0]
-        col = f"final_{m}"
-        t = (g.groupby(["client_method", "aggregator"])[col]
-             .agg(["mean", "std", "count"]).reset_index())
-        t["diverged"] = g.groupby(["client_method", "aggregator"])["diverged"].sum().values
-        t["best"] = t["mean"] == (t["mean"].min() if direction_of(m) == "min" else t["mean"].max())
-        t.insert(0, "partition", part)
-        t.insert(0, "task", task)
-        t["metric"] = m
-        out.append(t)
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
-
-
-def _style():
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-
-
-def plot_convergence(curves: pd.DataFrame, metric: str, title: str):
-    """Metric vs round: one line per aggregator (median), seeds as a min-max band; a Figure."""
-    import seaborn as sns
-
-    _style()
-    facet = "client_method" if curves["client_method"].nunique() > 1 else None
-    hue_order = aggregator_order(curves["aggregator"])
-    g = sns.relplot(data=curves, x="round", y=metric, hue="aggregator", kind="line",
-                    hue_order=hue_order, palette=aggregator_palette(hue_order),
-                    col=facet, col_wrap=3 if facet else None, errorbar=("pi", 100), estimator="median",
-                    height=3.6, aspect=1.35, facet_kws={"sharey": True})
-    if direction_of(metric) == "min":
-        g.set(yscale="log")
-    g.figure.suptitle(title, y=1.02)
-    return g.figure
-
-
-def aggregator_order(names: pd.Series) -> list[str]:
-    """FedAvg first, FIPA variants last but the centralized reference: a stable legend order."""
-    def rank(name: str) -> tuple[int, str]:
-        return (0 if name == "fedavg" else 3 if name == "centralized" else 2 if name.startswith("fipa")
-                else 1, name)
-
-    return sorted(pd.unique(names), key=rank)
-
-
-def aggregator_palette(order: list[str]) -> dict[str, Any]:
-    """Muted colours for baselines, strong reds for FIPA variants, black for centralized."""
-    import seaborn as sns
-
-    baselines = [a for a in order if not a.startswith("fipa") and a != "centralized"]
-    fipas = [a for a in order if a.startswith("fipa")]
-    muted = sns.color_palette("muted", 10)
-    not_red = [muted[i] for i in (0, 2, 4, 9, 8, 1, 7, 6, 5)]  # reds stay FIPA's
-    pal = {a: not_red[i % len(not_red)] for i, a in enumerate(baselines)}
-    pal.update(zip(fipas, sns.color_palette("Reds_r", len(fipas) + 1), strict=False))
-    pal["centralized"] = (0.15, 0.15, 0.15)
-    return {a: pal[a] for a in order}
-
-
-def plot_final(summary: pd.DataFrame, metric: str, title: str):
-    """Final metric per aggregator (best first): seeds as dots, mean +- sd as a diamond, one
-    colour per client method; log scale for errors, a zoomed axis for accuracies; a Figure."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    _style()
-    col = f"final_{metric}"
-    ascending = direction_of(metric) == "min"
-    order = summary.groupby("aggregator")[col].mean().sort_values(ascending=ascending).index.tolist()
-    hue = "client_method" if summary["client_method"].nunique() > 1 else None
-    fig, ax = plt.subplots(figsize=(2.0 + 1.0 * len(order), 4.2))
-    common = {"data": summary, "x": "aggregator", "y": col, "order": order, "hue": hue, "ax": ax}
-    sns.stripplot(**common, dodge=hue is not None, alpha=0.4, size=4, legend=False,
-                  **({} if hue else {"color": "0.35"}))
-    sns.pointplot(**common, dodge=0.55 if hue else False, errorbar="sd", linestyle="none", markers="D",
-                  markersize=6, capsize=0.08, **({} if hue else {"color": "C3"}))
-    if hue:
-        ax.legend(title="client method", bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
-    if ascending:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=30)
-    return fig
-
-
-def save_figure(fig, path_stem: Path) -> list[Path]:
-    """Write ``fig`` as PNG and PDF beside each other and close it."""
-    import matplotlib.pyplot as plt
-
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [path_stem.with_suffix(s) for s in (".png", ".pdf")]
-    for p in paths:
-        fig.savefig(p, bbox_inches="tight", dpi=120)
-    plt.close(fig)
-    return paths
-
-
-def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
-    """Convergence and final-metric figures for every task x partition in the summary."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    summary = pd.read_csv(summary_csv)
-    outdir = Path(outdir)
-    written: list[Path] = []
-    curves = load_curves(summary)
-    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
-        metric = g["primary_metric"].iloc[0]
-        c = curves[(curves["task"] == task) & (curves["partition"] == part)]
-        title = f"{task} / {part}"
-        written += save_figure(plot_convergence(c, metric, title), outdir / f"convergence_{task}_{part}")
-        written += save_figure(plot_final(g, metric, title), outdir / f"final_{task}_{part}")
-    return written
-
-
-# ----------------------------------------------------------------------------- report pieces
+def attach_knobs(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add each run's aggregator settings (``agg_kind`` = the registered name, KNOBS) and its
+    setting (clients, participation, rounds) from the resolved config in final.json."""
+    rows = []
+    for d in summary["run_dir"]:
+        cfg = json.loads((Path(d) / "final.json").read_text()).get("config", {})
+        agg, part = cfg.get("aggregator", {}), cfg.get("partition", {})
+        row = {"agg_kind": agg.get("name"), "clients": part.get("clients"),
+               "participation": cfg.get("participation"), "rounds": cfg.get("rounds")}
+        row.update({k: agg.get(k) for k in KNOBS})
+        rows.append(row)
+    knobs = pd.DataFrame(rows, index=summary.index)
+    return pd.concat([summary.drop(columns=[c for c in knobs if c in summary]), knobs], axis=1)
 
 
 def attach_benchmarks(summary: pd.DataFrame, bench_root: str | Path) -> pd.DataFrame:
@@ -205,116 +135,548 @@ def attach_benchmarks(summary: pd.DataFrame, bench_root: str | Path) -> pd.DataF
     return summary.assign(bench_s=s, bench_max_rss_mb=rss)
 
 
+# ----------------------------------------------------------------------------- statistics
+
+
 def direction_of(metric: str) -> str:
+    """"max" for accuracies, "min" for errors and losses."""
     return "max" if metric.endswith(("acc", "accuracy")) else "min"
 
 
+def metric_label(metric: str) -> str:
+    """Plain words and the better direction: 'relative L2 error (lower is better)'."""
+    better = "higher" if direction_of(metric) == "max" else "lower"
+    return f"{METRIC_LABELS.get(metric, metric)} ({better} is better)"
+
+
+def arrow(metric: str) -> str:
+    """An arrow pointing to the better direction of ``metric``."""
+    return "\u2191" if direction_of(metric) == "max" else "\u2193"
+
+
+def error_of(value: float, metric: str) -> float:
+    """The error a metric value stands for: the value itself, or 1 - accuracy."""
+    return 1.0 - value if direction_of(metric) == "max" else value
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of n values and its two-sided t interval (lo, hi NaN when n < 2)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    sd: float
+
+
+def t_interval(values, level: float = 0.95) -> Interval:
+    """Student t interval of the mean of the finite ``values``: mean +- t_{n-1} sd / sqrt(n)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, math.nan)
+    mean = float(x.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, 1, math.nan)
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd)
+
+
+def verdict_of(iv: Interval, margin: float = 0.0, a_diverged: int = 0) -> str:
+    """From an interval of a log-ratio (a vs b, negative = a better): "supported" when it lies
+    below ``margin``, "not supported" when above, else inconclusive; never "supported" when a
+    diverged in some seed, and inconclusive below two seeds."""
+    if iv.n == 0:
+        return NOT_MEASURED
+    if iv.n < 2 or not np.isfinite(iv.hi):
+        return INCONCLUSIVE
+    if iv.lo > margin:
+        return NOT_SUPPORTED
+    if iv.hi < margin and not a_diverged:
+        return SUPPORTED
+    return INCONCLUSIVE
+
+
+def paired_effects(summary: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per (task, partition, client method, seed) where both ``a`` and ``b`` ran: their final
+    primary metric, diverged flags, ``log_ratio`` = log(error_a / error_b) (NaN if either
+    diverged or an error is not positive) and ``difference`` = value_a - value_b."""
+    out = []
+    for (task, part, method), g in summary.groupby(CELL, sort=False):
+        metric = g["primary_metric"].iloc[0]
+        col = f"final_{metric}"
+        ga, gb = (g[g["aggregator"] == x].set_index("seed") for x in (a, b))
+        for seed in sorted(set(ga.index) & set(gb.index)):
+            va, vb = float(ga.at[seed, col]), float(gb.at[seed, col])
+            da, db = bool(ga.at[seed, "diverged"]), bool(gb.at[seed, "diverged"])
+            ea, eb = error_of(va, metric), error_of(vb, metric)
+            ok = not (da or db) and np.isfinite([ea, eb]).all() and ea > 0 and eb > 0
+            out.append({"task": task, "partition": part, "client_method": method, "seed": int(seed),
+                        "metric": metric, "value_a": va, "value_b": vb, "diverged_a": da,
+                        "diverged_b": db, "log_ratio": math.log(ea / eb) if ok else math.nan,
+                        "difference": va - vb if not (da or db) else math.nan})
+    cols = [*CELL, "seed", "metric", "value_a", "value_b", "diverged_a", "diverged_b", "log_ratio",
+            "difference"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def paired_difference(summary: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Kept for callers of the old API: paired_effects with ``ratio`` = value_a / value_b."""
+    e = paired_effects(summary, a, b)
+    return e.assign(ratio=e["value_a"] / e["value_b"].replace(0, np.nan))
+
+
+def pooled_interval(effects: pd.DataFrame, level: float = 0.95) -> tuple[Interval, pd.Series]:
+    """Per seed, the mean log-ratio over the cells (task x partition x method) of ``effects``
+    (seeds missing a finite value in some cell are left out), and the t interval over seeds."""
+    if effects.empty:
+        return t_interval([], level), pd.Series(dtype=float)
+    wide = effects.pivot_table(index="seed", columns=CELL, values="log_ratio", aggfunc="first",
+                               dropna=False)
+    per_seed = wide.dropna(how="any").mean(axis=1)
+    return t_interval(per_seed.values, level), per_seed
+
+
+def comparison_table(summary: pd.DataFrame, a: str = "fipa", b: str = "fedavg") -> pd.DataFrame:
+    """One row per task x partition x client method: a vs b paired over seeds, as the ratio of
+    errors exp(mean log-ratio) with its 95% interval, n seeds, diverged counts and a verdict."""
+    effects = paired_effects(summary, a, b)
+    rows = []
+    for keys, e in effects.groupby(CELL, sort=False):
+        iv = t_interval(e["log_ratio"])
+        metric = e["metric"].iloc[0]
+        row = dict(zip(CELL, keys, strict=True))
+        row.update({"metric": metric, "n": iv.n, "ratio": math.exp(iv.mean) if iv.n else math.nan,
+                    "ratio_lo": math.exp(iv.lo) if np.isfinite(iv.lo) else math.nan,
+                    "ratio_hi": math.exp(iv.hi) if np.isfinite(iv.hi) else math.nan,
+                    "diverged_a": int(e["diverged_a"].sum()), "diverged_b": int(e["diverged_b"].sum()),
+                    "verdict": verdict_of(iv, a_diverged=int(e["diverged_a"].sum()))})
+        if direction_of(metric) == "max":
+            d = t_interval(e["difference"])
+            row.update({"diff": d.mean, "diff_lo": d.lo, "diff_hi": d.hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_ratio(ratio: float, lo: float, hi: float) -> str:
+    """'0.31 [0.12, 0.80]'; the interval left out when there is none (one seed)."""
+    if not np.isfinite(ratio):
+        return "n/a"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{ratio:.3g} (one seed, no interval)"
+    return f"{ratio:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper and the runs that test it."""
+
+    key: str
+    text: str
+    families: tuple[str, ...] = ()  # task families whose runs are evidence (empty: all)
+    local_only: bool = True  # the plain client method only; False: every other method
+
+
+CLAIMS = (
+    Claim("regression", "FIPA reaches a lower error than FedAvg on nonlinear function regression",
+          ("regression",)),
+    Claim("pde", "FIPA reaches a lower error than FedAvg on PDE learning with PINNs", ("pde",)),
+    Claim("vision", "FIPA reaches a higher accuracy than FedAvg on image classification (as a refinement "
+          "after an averaging warm-up)", ("vision",)),
+    Claim("client_methods", "FIPA combines with client-side methods (FedProx, SCAFFOLD, FedDyn, FedSAM, "
+          "FedRCL): it still beats FedAvg under each of them", (), local_only=False),
+    Claim("low_rank", f"A low rank is enough: the lowest rank's error is at most {RANK_MARGIN:g}x the "
+          "highest rank's"),
+    Claim("communication", "Low-rank curvature keeps communication cheap: a client uploads "
+          "P + r(P + 1) numbers (FedAvg: P), never a P x P matrix"),
+)
+
+
+def learned(summary: pd.DataFrame) -> pd.Series:
+    """Per (task, partition): whether some method's mean final metric meets THRESHOLDS (True
+    when the metric has no threshold)."""
+    out = {}
+    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
+        metric = g["primary_metric"].iloc[0]
+        if metric not in THRESHOLDS:
+            out[(task, part)] = True
+            continue
+        ok = g[~g["diverged"]]
+        means = ok.groupby(["client_method", "aggregator"])[f"final_{metric}"].mean()
+        out[(task, part)] = bool((means <= THRESHOLDS[metric]).any())
+    return pd.Series(out, dtype=bool)
+
+
+def _claim_rows(summary: pd.DataFrame, claim: Claim) -> pd.DataFrame:
+    rows = summary
+    if claim.families:
+        rows = rows[rows["task_family"].isin(claim.families)]
+    is_local = rows["client_method"] == "local"
+    return rows[is_local] if claim.local_only else rows[~is_local & ~rows["client_method"].str.startswith(
+        "warmup")]
+
+
+def _fipa_vs_fedavg_claim(summary: pd.DataFrame, claim: Claim) -> dict:
+    rows = _claim_rows(summary, claim)
+    effects = paired_effects(rows, "fipa", "fedavg")
+    if effects.empty:
+        return {"evidence": "no run pairs FIPA with FedAvg here", "estimate": "", "n": 0,
+                "verdict": NOT_MEASURED}
+    ok = learned(rows)
+    unlearned = [f"{t}/{p}" for (t, p), v in ok.items() if not v]
+    keep = effects.apply(lambda r: ok.get((r["task"], r["partition"]), True), axis=1)
+    used = effects[keep]
+    iv, _ = pooled_interval(used)
+    cells = used.groupby(CELL, sort=False).ngroups
+    metrics = sorted(set(used["metric"]))
+    per_cell = comparison_table(rows[rows.apply(lambda r: ok.get((r["task"], r["partition"]), True), axis=1)])
+    tally = per_cell["verdict"].value_counts() if not per_cell.empty else pd.Series(dtype=int)
+    tasks = ", ".join(sorted(set(used["task"])))
+    methods = sorted(set(used["client_method"]))
+    evidence = (f"{tasks}; {', '.join(METRIC_LABELS.get(m, m) for m in metrics)}"
+                + (" (as error 1 - acc)" if any(direction_of(m) == "max" for m in metrics) else ""))
+    if not claim.local_only:
+        evidence += f"; client methods {', '.join(methods)}"
+    if cells > 1:
+        evidence += (f"; geometric mean over {cells} cells, paired by seed; per cell: "
+                     f"{int(tally.get(SUPPORTED, 0))} FIPA lower, {int(tally.get(NOT_SUPPORTED, 0))} FIPA "
+                     f"higher, {int(tally.get(INCONCLUSIVE, 0))} inconclusive")
+    if unlearned:
+        evidence += (f"; left out (no method reaches {', '.join(f'{k} <= {v:g}' for k, v in THRESHOLDS.items())}):"
+                     f" {', '.join(unlearned)}")
+    ndiv = int(used["diverged_a"].sum())
+    if ndiv:
+        evidence += f"; FIPA diverged in {ndiv} run(s)"
+    if used.empty or iv.n == 0:
+        verdict = INCONCLUSIVE if unlearned else NOT_MEASURED
+        return {"evidence": evidence, "estimate": "no learned problem to compare" if unlearned else "",
+                "n": 0, "verdict": verdict}
+    est = "FIPA / FedAvg error: " + format_ratio(math.exp(iv.mean), math.exp(iv.lo) if iv.n > 1 else math.nan,
+                                                 math.exp(iv.hi) if iv.n > 1 else math.nan)
+    return {"evidence": evidence, "estimate": est, "n": iv.n, "verdict": verdict_of(iv, a_diverged=ndiv)}
+
+
+def sweeps(summary: pd.DataFrame, kind: str = "fipa") -> list[tuple[tuple, str, pd.DataFrame]]:
+    """Knob sweeps among the runs of aggregator kind ``kind`` (needs attach_knobs): for each
+    (task, partition, client method) and knob, the runs that agree on every other knob while
+    the knob takes two values or more. A list of ((task, partition, method), knob, runs)."""
+    if "agg_kind" not in summary:
+        return []
+    runs = summary[summary["agg_kind"] == kind]
+    found = []
+    for cell, g in runs.groupby(CELL, sort=False):
+        for knob in KNOBS:
+            others = [k for k in KNOBS if k != knob]
+            key = g[others].astype(str).agg("|".join, axis=1)
+            for _, h in g.groupby(key, sort=False):
+                if h[knob].astype(str).nunique() >= 2:
+                    found.append((cell, knob, h))
+    return found
+
+
+def _low_rank_claim(summary: pd.DataFrame) -> dict:
+    found = [(cell, h) for cell, knob, h in sweeps(summary) if knob == "rank"]
+    if not found:
+        return {"evidence": "no runs that differ only in the FIPA rank", "estimate": "", "n": 0,
+                "verdict": NOT_MEASURED}
+    effects = []
+    for _, h in found:
+        h = h.assign(rank=h["rank"].astype(float))
+        lo_r, hi_r = h["rank"].min(), h["rank"].max()
+        pair = pd.concat([h[h["rank"] == lo_r].assign(aggregator="low"),
+                          h[h["rank"] == hi_r].assign(aggregator="high")])
+        effects.append(paired_effects(pair, "low", "high").assign(ranks=f"{lo_r:g} vs {hi_r:g}"))
+    eff = pd.concat(effects, ignore_index=True)
+    iv, _ = pooled_interval(eff)
+    ranks = ", ".join(sorted(set(eff["ranks"])))
+    evidence = f"{', '.join(sorted(set(eff['task'])))}; rank {ranks}; margin {RANK_MARGIN:g}x"
+    if iv.n == 0:
+        return {"evidence": evidence, "estimate": "", "n": 0, "verdict": NOT_MEASURED}
+    est = "low / high rank error: " + format_ratio(math.exp(iv.mean), math.exp(iv.lo) if iv.n > 1 else math.nan,
+                                                   math.exp(iv.hi) if iv.n > 1 else math.nan)
+    return {"evidence": evidence, "estimate": est, "n": iv.n,
+            "verdict": verdict_of(iv, margin=math.log(RANK_MARGIN), a_diverged=int(eff["diverged_a"].sum()))}
+
+
+def communication(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per task x partition (plain client method): FIPA's uplink bytes over FedAvg's, median over
+    seeds, against the count 1 + r (P + 1) / P of P + r (P + 1) numbers (needs attach_knobs)."""
+    rows = []
+    local = summary[summary["client_method"] == "local"]
+    for (task, part), g in local.groupby(["task", "partition"], sort=False):
+        f, a = g[g["aggregator"] == "fipa"], g[g["aggregator"] == "fedavg"]
+        pairs = f.merge(a, on="seed", suffixes=("_f", "_a"))
+        pairs = pairs[pairs["uplink_bytes_total_a"] > 0]
+        if pairs.empty:
+            continue
+        r, p = float(pairs["rank_f"].iloc[0]), float(pairs["num_params_f"].iloc[0])
+        rows.append({"task": task, "partition": part, "P": int(p), "rank": int(r),
+                     "measured": float((pairs["uplink_bytes_total_f"] / pairs["uplink_bytes_total_a"]).median()),
+                     "formula": 1 + r * (p + 1) / p, "dense": 1 + p, "n": len(pairs)})
+    return pd.DataFrame(rows)
+
+
+def _communication_claim(summary: pd.DataFrame) -> dict:
+    c = communication(summary)
+    if c.empty:
+        return {"evidence": "no FIPA and FedAvg runs with uplink records", "estimate": "", "n": 0,
+                "verdict": NOT_MEASURED}
+    excess = c["measured"] / c["formula"]
+    verdict = SUPPORTED if (excess <= 1.05).all() else NOT_SUPPORTED
+    est = "; ".join(f"{r.task}: {r.measured:.3g}x FedAvg's bytes (formula {r.formula:.3g}x at r = {r.rank}, "
+                    f"P = {r.P:,}; a dense Fisher would be {r.dense:,.0f}x)" for r in c.itertuples())
+    return {"evidence": f"measured uplink bytes of every run, {len(c)} task(s)", "estimate": est,
+            "n": int(c["n"].min()), "verdict": verdict}
+
+
+def claims_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim of the paper: evidence here, estimate with its 95% interval, n seeds and
+    the verdict, all computed from ``summary`` (with attach_knobs for rank and communication)."""
+    rows = []
+    for claim in CLAIMS:
+        if claim.key == "low_rank":
+            r = _low_rank_claim(summary)
+        elif claim.key == "communication":
+            r = _communication_claim(summary)
+        else:
+            r = _fipa_vs_fedavg_claim(summary, claim)
+        rows.append({"claim": claim.text, **r})
+    return pd.DataFrame(rows, columns=["claim", "evidence", "estimate", "n", "verdict"])
+
+
+# ----------------------------------------------------------------------------- health checks
+
+
+def initial_and_final(curves: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the primary metric at its first evaluated round (round 0: the broadcast model,
+    after any warm-up) and at its last one."""
+    metric = summary.set_index(ID_COLUMNS)["primary_metric"]
+    rows = []
+    for keys, g in curves.groupby(ID_COLUMNS, sort=False):
+        m = metric.get(keys)
+        if m is None or m not in g:
+            continue
+        g = g.sort_values("round")
+        rows.append(dict(zip(ID_COLUMNS, keys, strict=True), metric=m, initial=float(g[m].iloc[0]),
+                         final=float(g[m].iloc[-1])))
+    return pd.DataFrame(rows)
+
+
+def health_flags(summary: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Findings a reader should see beside the numbers, one row each: ``kind`` in
+    {diverged, worse_than_start, centralized_worse, unlearned}, the cell and a sentence."""
+    flags = []
+
+    def add(kind, task, part, method, agg, text):
+        flags.append({"kind": kind, "task": task, "partition": part, "client_method": method,
+                      "aggregator": agg, "detail": text})
+
+    for keys, g in summary.groupby([*CELL, "aggregator"], sort=False):
+        if g["diverged"].any():
+            add("diverged", *keys, f"{int(g['diverged'].sum())} of {len(g)} seeds diverged "
+                f"(seeds {', '.join(map(str, sorted(g.loc[g['diverged'], 'seed'].tolist())))}); "
+                "left out of every mean")
+    if not curves.empty:
+        io = initial_and_final(curves, summary)
+        for keys, g in io.groupby([*CELL, "aggregator"], sort=False):
+            m = g["metric"].iloc[0]
+            worse = (g["final"] < g["initial"]) if direction_of(m) == "max" else (g["final"] > g["initial"])
+            worse |= ~np.isfinite(g["final"])
+            if worse.any():
+                add("worse_than_start", *keys, f"ends worse than its round-0 model in {int(worse.sum())} of "
+                    f"{len(g)} seeds (round 0 {g['initial'].median():.3g}, final {g['final'].median():.3g}, "
+                    "medians)")
+    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
+        metric = g["primary_metric"].iloc[0]
+        col, sign = f"final_{metric}", 1 if direction_of(metric) == "min" else -1
+        ok = g[~g["diverged"]]
+        means = ok.groupby(["client_method", "aggregator"])[col].mean()
+        cen = means[means.index.get_level_values("aggregator") == "centralized"]
+        fed = means[means.index.get_level_values("aggregator") != "centralized"]
+        if len(cen):
+            better = fed[sign * fed < sign * cen.min()]
+            if len(better):
+                top = better.sort_values(ascending=sign > 0).head(4)
+                names = ", ".join(f"{a} ({m}) {v:.3g}" for (m, a), v in top.items())
+                add("centralized_worse", task, part, cen.index[0][0], "centralized",
+                    f"the centralized reference ({cen.min():.3g}) is worse than {len(better)} federated "
+                    f"run group(s): {names}")
+        if metric in THRESHOLDS and len(means) and (means > THRESHOLDS[metric]).all():
+            best = means.idxmin()
+            add("unlearned", task, part, "", "", f"no method reaches {metric} <= {THRESHOLDS[metric]:g}; "
+                f"the best is {best[1]} ({means.min():.3g}): the comparison says which method fails less")
+    return pd.DataFrame(flags, columns=["kind", *CELL, "aggregator", "detail"])
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def cell_stats(values: pd.Series, diverged: pd.Series) -> dict:
+    """mean, sd over the finite, non-diverged values; n of them; count of diverged runs."""
+    v = values[~diverged.astype(bool)].astype(float)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if len(v) else math.nan,
+            "sd": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+            "n": int(len(v)), "diverged": int(diverged.astype(bool).sum())}
+
+
+def final_table(summary: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """Mean and sd over seeds (diverged runs left out and counted) of the final primary metric,
+    per task x partition x client method x aggregator; ``best`` marks the best federated mean."""
+    out = []
+    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
+        m = metric or g["primary_metric"].iloc[0]
+        col = f"final_{m}"
+        rows = [{"client_method": k[0], "aggregator": k[1], **cell_stats(h[col], h["diverged"])}
+                for k, h in g.groupby(["client_method", "aggregator"], sort=False)]
+        t = pd.DataFrame(rows)
+        fed = t[t["aggregator"] != "centralized"]["mean"]
+        target = fed.min() if direction_of(m) == "min" else fed.max()
+        t["best"] = (t["mean"] == target) & (t["aggregator"] != "centralized")
+        t.insert(0, "partition", part)
+        t.insert(0, "task", task)
+        t["metric"] = m
+        out.append(t)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _fmt_cell(s: dict, flags: str) -> str:
+    if s["n"] == 0:
+        text = "all diverged" if s["diverged"] else "n/a"
+    elif s["n"] == 1:
+        text = f"{s['mean']:.3g} (n = 1)"
+    else:
+        text = f"{s['mean']:.3g} \u00b1 {s['sd']:.2g}"
+    if s["diverged"] and s["n"]:
+        text += f" ({s['diverged']} div.)"
+    return text + flags
+
+
+FLAG_MARKS = {"worse_than_start": "\u2020", "centralized_worse": "\u2021"}
+
+
+def pivot(summary: pd.DataFrame, flags: pd.DataFrame | None = None, client_method: str | None = "local",
+          columns: str = "task") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Aggregator x task (``columns="task"``, one client method) or aggregator x client method
+    (``columns="client_method"``, one task): cells 'mean +- sd' over seeds with health marks,
+    and a boolean frame marking the best federated mean per column. Column names carry the
+    metric and an arrow to its better direction."""
+    rows = summary if client_method is None else summary[summary["client_method"] == client_method]
+    text, best = {}, {}
+    flags = flags if flags is not None else pd.DataFrame(columns=["kind", *CELL, "aggregator"])
+    for key, g in rows.groupby(["task", "partition"] if columns == "task" else ["client_method"], sort=False):
+        metric = g["primary_metric"].iloc[0]
+        name = (f"{key[0]} / {key[1]}" if columns == "task" else key[0]) + f" ({metric} {arrow(metric)})"
+        stats = {}
+        for agg, h in g.groupby("aggregator", sort=False):
+            s = cell_stats(h[f"final_{metric}"], h["diverged"])
+            f = flags[(flags["task"].isin(h["task"])) & (flags["aggregator"] == agg)
+                      & (flags["client_method"].isin(h["client_method"]))]
+            marks = "".join(mark for kind, mark in FLAG_MARKS.items() if (f["kind"] == kind).any())
+            stats[agg] = s
+            text.setdefault(name, {})[agg] = _fmt_cell(s, marks)
+        fed = {a: s["mean"] for a, s in stats.items() if a != "centralized" and np.isfinite(s["mean"])}
+        win = (min if direction_of(metric) == "min" else max)(fed, key=fed.get) if fed else None
+        best[name] = {a: a == win for a in stats}
+    t = pd.DataFrame(text)
+    b = pd.DataFrame(best).reindex_like(t).fillna(False).astype(bool)
+    idx = aggregator_order(t.index)
+    return t.loc[idx].fillna(""), b.loc[idx]
+
+
+def styled_pivot(text: pd.DataFrame, best: pd.DataFrame):
+    """A pandas Styler of :func:`pivot`: best federated mean in bold, the centralized row in grey."""
+    def css(col):
+        return ["font-weight: bold" if best.at[i, col.name] else
+                ("color: #666666; font-style: italic" if i == "centralized" else "") for i in col.index]
+
+    return text.style.apply(css, axis=0).set_table_attributes('class="pivot"')
+
+
 def styled_final_table(summary: pd.DataFrame):
-    """final_table as a pandas Styler: mean and std over seeds, the best mean in bold."""
+    """final_table as a pandas Styler: mean and sd over seeds, the best federated mean in bold."""
     t = final_table(summary)
     bold = t["best"].tolist()
     return (t.drop(columns="best").style
             .apply(lambda row: ["font-weight: bold" if bold[row.name] else ""] * len(row), axis=1)
-            .format({"mean": "{:.3g}", "std": "{:.2g}"}).hide(axis="index"))
+            .format({"mean": "{:.3g}", "sd": "{:.2g}"}).hide(axis="index"))
 
 
-def paired_difference(summary: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """Per seed, final primary metric of aggregator ``a`` minus ``b`` (same task, partition, method)."""
-    out = []
-    for (task, part, method), g in summary.groupby(["task", "partition", "client_method"], sort=False):
-        metric = g["primary_metric"].iloc[0]
-        col = f"final_{metric}"
-        ga = g[g.aggregator == a].set_index("seed")[col]
-        gb = g[g.aggregator == b].set_index("seed")[col]
-        for seed in sorted(set(ga.index) & set(gb.index)):
-            out.append({"task": task, "partition": part, "client_method": method, "seed": seed,
-                        "metric": metric, "difference": ga[seed] - gb[seed],
-                        "ratio": ga[seed] / gb[seed] if gb[seed] else float("nan")})
-    return pd.DataFrame(out)
+# ----------------------------------------------------------------------------- the figures rule
 
 
-def verdict(summary: pd.DataFrame) -> str:
-    """A few sentences: the best aggregator per task x partition, and FIPA against FedAvg."""
-    lines = []
+def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
+    """Convergence and final-metric figures for every task x partition in the summary."""
+    from fipa import report_plots as rp
+
+    summary = pd.read_csv(summary_csv)
+    outdir = Path(outdir)
+    written: list[Path] = []
+    curves = load_curves(summary)
     for (task, part), g in summary.groupby(["task", "partition"], sort=False):
         metric = g["primary_metric"].iloc[0]
-        col = f"final_{metric}"
-        fed = g[g.aggregator != "centralized"]
-        means = fed.groupby("aggregator")[col].mean()
-        best = means.idxmin() if direction_of(metric) == "min" else means.idxmax()
-        s = (f"On {task} / {part}, {best} attains the best federated {metric} "
-             f"({means[best]:.3g}, mean of seeds)")
-        if "fipa" in means and "fedavg" in means and best != "fedavg":
-            ratio = means["fipa"] / means["fedavg"]
-            s += f"; FIPA's {metric} is {ratio:.3g} x FedAvg's"
-        cen = g[g.aggregator == "centralized"][col]
-        if not cen.empty:
-            s += f"; the centralized reference reaches {cen.mean():.3g}"
-        ndiv = int(g["diverged"].sum())
-        if ndiv:
-            s += f"; {ndiv} run(s) diverged ({', '.join(sorted(set(g[g.diverged].aggregator)))})"
-        lines.append(s + ".")
-    return "\n".join(f"- {line}" for line in lines)
+        c = curves[(curves["task"] == task) & (curves["partition"] == part)]
+        title = f"{task} / {part}"
+        written += rp.save_figure(rp.convergence_figure(c, metric, title), outdir / f"convergence_{task}_{part}")
+        written += rp.save_figure(rp.final_figure(g, metric, title), outdir / f"final_{task}_{part}")
+    return written
 
 
-def uplink_figure(curves: pd.DataFrame, metric: str, title: str, ax=None):
-    """Metric against cumulative uplink bytes per aggregator (median over seeds)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    _style()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    c = curves[curves["uplink_bytes_total"] > 0]
-    sns.lineplot(data=c, x="uplink_bytes_total", y=metric, hue="aggregator", estimator="median",
-                 errorbar=None, ax=ax, marker="o", markersize=3)
-    ax.set_xscale("log")
-    if direction_of(metric) == "min":
-        ax.set_yscale("log")
-    ax.set_xlabel("cumulative uplink bytes")
-    ax.set_title(title)
-    return ax
+# ----------------------------------------------------------------------------- executing the notebook
 
 
-def partition_figure(partition_json: str | Path, ax=None):
-    """Client sizes and label histograms (if any) of one partition file."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    _style()
-    data = json.loads(Path(partition_json).read_text())
-    stats = data["stats"]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3))
-    if "label_hist" in stats:
-        sns.heatmap(pd.DataFrame(stats["label_hist"]).T, ax=ax, cmap="viridis", cbar_kws={"label": "samples"})
-        ax.set_xlabel("client")
-        ax.set_ylabel("class")
-    else:
-        ax.bar(range(len(stats["sizes"])), stats["sizes"], color=sns.color_palette()[0])
-        ax.set_xlabel("client")
-        ax.set_ylabel("samples")
-        if "centroids" in stats:
-            for i, c in enumerate(stats["centroids"]):
-                ax.annotate(f"c={c[0]:.2g}" if len(c) == 1 else "", (i, stats["sizes"][i]),
-                            ha="center", va="bottom", fontsize=8)
-    part = data["partition"]
-    ax.set_title(f"{part['scheme']} over {part['clients']} clients")
-    return ax
+def check_executed(nb) -> list[str]:
+    """Problems of an executed notebook: a cell tagged ``figure`` without an image, any output
+    on stderr, any error. Empty when the report is complete."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        outs = cell.get("outputs", [])
+        tags = cell.get("metadata", {}).get("tags", [])
+        head = cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ""
+        for o in outs:
+            if o.output_type == "stream" and o.get("name") == "stderr":
+                problems.append(f"cell {i} ({head!r}) wrote to stderr: {o.get('text', '')[:200]!r}")
+            if o.output_type == "error":
+                problems.append(f"cell {i} ({head!r}) raised {o.get('ename')}: {o.get('evalue', '')[:200]}")
+        if "figure" in tags and not any("image/png" in o.get("data", {}) for o in outs):
+            problems.append(f"cell {i} ({head!r}) is a figure cell but produced no image")
+    return problems
 
 
 def execute_report(notebook: str | Path, output: str | Path, html: str | Path | None,
                    results_dir: str | Path) -> None:
-    """Run the notebook with papermill (parameter ``results_dir``), then export HTML with nbconvert."""
+    """Run the notebook with papermill (parameter ``results_dir``), check that every figure cell
+    drew and nothing went to stderr, then export HTML (code hidden, parameter cells dropped)."""
+    import os
+
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     output = Path(output)
     tmp = output.with_name(f".running.{output.name}")
+    os.environ.setdefault("DDE_BACKEND", "pytorch")
     papermill.execute_notebook(str(notebook), str(tmp), parameters={"results_dir": str(results_dir)},
                                progress_bar=False, kernel_name="python3")
+    nb = nbformat.read(tmp, as_version=4)
+    problems = check_executed(nb)
+    if problems:
+        raise ReportError(f"{tmp} is incomplete (kept for inspection):\n  " + "\n  ".join(problems))
     tmp.replace(output)
     if html is not None:
-        body, _ = HTMLExporter(exclude_input=False).from_notebook_node(nbformat.read(output, as_version=4))
+        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+        exporter.register_preprocessor(TagRemovePreprocessor(
+            remove_cell_tags={"parameters", "injected-parameters"}, enabled=True), enabled=True)
+        body, _ = exporter.from_notebook_node(nb)
         atomic_write(html, lambda fh: fh.write(body))
