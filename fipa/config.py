@@ -21,6 +21,9 @@ from fipa.registry import Registry, UnknownNameError
 
 # ----------------------------------------------------------------------------- params
 
+# sizes, counts and steps above this are typos or overflows, not work (seeds have their own range)
+INT_LIMIT = 2**31 - 1
+
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Coerce a YAML scalar to the annotated type; PyYAML reads ``1e-3`` as a string."""
@@ -47,6 +50,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if abs(value) > INT_LIMIT and not key.endswith("seed"):
+            raise ConfigError(f"{key}: {value} is beyond any count this pipeline can run (limit {INT_LIMIT})")
         return value
     if typ is float:
         try:

@@ -22,16 +22,14 @@ def plot_label_histogram(
     data: PartitionInput, parts: list[np.ndarray], path: str | Path, title: str | None = None
 ) -> Path:
     """Save a seaborn heat map of :func:`label_histogram` (rows clients, columns classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on cluster nodes
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure
 
     counts = label_histogram(data, parts)
     m, k = counts.shape
     # readable at 10 x 10 and still bounded at 100 clients x 200 classes
-    fig, ax = plt.subplots(figsize=(min(2 + 0.35 * k, 16), min(1.5 + 0.25 * m, 14)))
+    fig = Figure(figsize=(min(2 + 0.35 * k, 16), min(1.5 + 0.25 * m, 14)))
+    ax = fig.subplots()
     sns.heatmap(counts, ax=ax, cmap="viridis", annot=m * k <= 400, fmt="d",
                 cbar_kws={"label": "samples"}, xticklabels=k <= 50, yticklabels=m <= 50)
     ax.set_xlabel("class")
@@ -41,5 +39,4 @@ def plot_label_histogram(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path

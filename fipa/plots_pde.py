@@ -49,6 +49,7 @@ def run_config(run_dir: str | Path) -> RunConfig:
     another working directory, and neither is needed (the split is rebuilt from scheme, seed
     and points exactly as ``fipa partition`` made it; the parameters come from the checkpoint).
     """
+    quiet_deepxde()  # parsing a pde config loads the task, and with it DeepXDE
     run_dir = Path(run_dir)
     final, spec = run_dir / "final.json", run_dir / "run.yaml"
     if final.is_file():
@@ -98,14 +99,36 @@ def solution_arrays(run_dirs: dict[str, str | Path]) -> dict[str, RunSolution]:
     return sols
 
 
+def _final_key(d: str | Path, metric: str) -> float:
+    """A run's final ``metric`` from final.json; +inf for a diverged or non-finite run."""
+    f = json.loads((Path(d) / "final.json").read_text())
+    v = f["final"].get(metric, float("inf"))
+    return float("inf") if f["diverged"] or v is None or not np.isfinite(v) else float(v)
+
+
 def best_seed(run_dirs: list[str | Path], metric: str = "rel_l2") -> Path:
     """The run directory with the lowest final ``metric`` in its final.json (diverged runs last)."""
-    def key(d: Path) -> float:
-        f = json.loads((Path(d) / "final.json").read_text())
-        v = f["final"].get(metric, float("inf"))
-        return float("inf") if f["diverged"] or not np.isfinite(v) else v
+    return Path(min(run_dirs, key=lambda d: _final_key(d, metric)))
 
-    return Path(min(run_dirs, key=key))
+
+def median_seed(run_dirs: list[str | Path], metric: str = "rel_l2") -> Path:
+    """The run directory at the median final ``metric`` (diverged runs count as the worst): the
+    lower middle one, ``sorted[(n - 1) // 2]``, of an even number of runs. The run a report
+    should show as typical, where the best seed would flatter."""
+    ranked = sorted(run_dirs, key=lambda d: (_final_key(d, metric), str(d)))
+    return Path(ranked[(len(ranked) - 1) // 2])
+
+
+def quiet_deepxde() -> None:
+    """Import DeepXDE with the pytorch backend and without its banner on stderr ("Using backend:
+    pytorch", the list of other backends): the report records anything on stderr as a fault."""
+    import contextlib
+    import io
+    import os
+
+    os.environ.setdefault("DDE_BACKEND", "pytorch")
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        import deepxde  # noqa: F401
 
 
 def cell_edges(cfg: RunConfig, bounds: list[tuple[float, float]]) -> dict[int, np.ndarray]:
@@ -125,20 +148,15 @@ def solution_figure(run_dirs: dict[str, str | Path], out: str | Path, title: str
     ``run_dirs`` maps a label (e.g. "FedAvg", "FIPA") to a run directory of one pde task.
     Client subdomains (domain_split cells) are outlined in every panel.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on cluster nodes
-    import matplotlib.pyplot as plt
-
     sols = solution_arrays(run_dirs)
     first = next(iter(sols.values()))
     problem = first.cfg.task.params.problem
     bounds = [(float(a.min()), float(a.max())) for a in np.moveaxis(first.X, -1, 0)]
     edges = cell_edges(first.cfg, bounds)
     if first.X.shape[-1] == 1:
-        fig = _line_figure(plt, sols, first, edges)
+        fig = _line_figure(sols, first, edges)
     elif first.X.shape[-1] == 2:
-        fig = _map_figure(plt, sols, first, edges, _axis_names(first))
+        fig = _map_figure(sols, first, edges, _axis_names(first))
     else:
         raise ValueError(f"{problem}: solution figures need 1 or 2 input axes, got {first.X.shape[-1]}")
     rounds = {s.round for s in sols.values()}
@@ -148,7 +166,6 @@ def solution_figure(run_dirs: dict[str, str | Path], out: str | Path, title: str
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -158,14 +175,26 @@ def _axis_names(sol: RunSolution) -> tuple[str, ...]:
     return PROBLEMS.get(sol.cfg.task.params.problem).axes
 
 
-def _line_figure(plt, sols, first, edges):
-    """1-D: u (reference dashed) and |error| (log scale) per run; cell boundaries as vertical lines."""
+def _aggregator(sol: RunSolution) -> str:
+    return sol.cfg.labels.get("aggregator", sol.cfg.aggregator.name)
+
+
+def _line_figure(sols, first, edges):
+    """1-D: u (reference dashed) and |error| (log scale) per run, in each aggregator's palette
+    colour; cell boundaries as vertical lines; the legend right of the panels."""
+    from matplotlib.figure import Figure
+
+    from fipa.palette import color
+
     x = first.X[..., 0]
-    fig, axs = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    axs[0].plot(x, first.u_ref, "k--", lw=2, label="reference")
+    fig = Figure(figsize=(8.5, 6))
+    axs = fig.subplots(2, 1, sharex=True)
+    axs[0].plot(x, first.u_ref, color="0.2", ls="--", lw=2, label="reference")
     for label, s in sols.items():
-        axs[0].plot(x, s.u_pred, lw=1.5, label=f"{label} ({s.rel_l2:.3g})")
-        axs[1].semilogy(x, np.maximum(s.err, 1e-16), lw=1.5, label=label)
+        agg = _aggregator(s)
+        kw = {"lw": 1.5, "color": color(agg), "gid": f"agg:{agg}"}
+        axs[0].plot(x, s.u_pred, label=f"{label} ({s.rel_l2:.3g})", **kw)
+        axs[1].semilogy(x, np.maximum(s.err, 1e-16), label=label, **kw)
     for ax in axs:
         for e in edges.get(0, []):
             ax.axvline(e, color="0.5", ls=":", lw=1)
@@ -173,10 +202,9 @@ def _line_figure(plt, sols, first, edges):
     for m, (a, b) in enumerate(_cells_1d(first, edges)):
         axs[0].text((a + b) / 2, yhi, f"client {m}", ha="center", va="top", fontsize=8, color="0.3")
     axs[0].set_ylabel("u")
-    axs[0].legend(fontsize=8)
-    axs[1].set_ylabel("|u_pred - u_ref|")
+    axs[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    axs[1].set_ylabel("|u_pred - u_ref| (log scale)")
     axs[1].set_xlabel("x")
-    axs[1].legend(fontsize=8)
     return fig
 
 
@@ -190,12 +218,15 @@ def _cells_1d(first, edges):
     return []
 
 
-def _map_figure(plt, sols, first, edges, names):
+def _map_figure(sols, first, edges, names):
     """2-D: heat maps, axis 0 horizontal, axis 1 vertical; shared colour scales per row."""
+    from matplotlib.figure import Figure
+
     X = first.X
     ncol = len(sols) + 1
     extent = [X[..., 0].min(), X[..., 0].max(), X[..., 1].min(), X[..., 1].max()]
-    fig, axs = plt.subplots(2, ncol, figsize=(3.6 * ncol, 6.4), squeeze=False)
+    fig = Figure(figsize=(3.6 * ncol, 6.4))
+    axs = fig.subplots(2, ncol, squeeze=False)
     umax = max(np.abs(first.u_ref).max(), *(np.abs(s.u_pred).max() for s in sols.values()))
     emax = max(s.err.max() for s in sols.values())
     kw = {"origin": "lower", "extent": extent, "aspect": "auto"}

@@ -6,11 +6,13 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from fipa.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """A config asked for a name that no registry entry carries."""
+class UnknownNameError(ConfigError, KeyError):
+    """A config asked for a name that no registry entry carries (a user error, fipa.errors)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
         return str(self.args[0])
@@ -47,6 +49,10 @@ class Registry(Generic[T]):
 
     def get(self, name: str, key: str | None = None) -> T:
         """Entry for ``name``; the error names the config key and the valid choices."""
+        if not isinstance(name, str):
+            where = f"{key}: " if key else ""
+            raise UnknownNameError(f"{where}expected a {self.kind} name, got {name!r}; choose one of "
+                                   f"{', '.join(self.names())}")
         if name not in self._entries and name in self._lazy:
             importlib.import_module(self._lazy.pop(name))
         if name not in self._entries:

@@ -211,6 +211,7 @@ def paired_effects(summary: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
         metric = g["primary_metric"].iloc[0]
         col = f"final_{metric}"
         ga, gb = (g[g["aggregator"] == x].set_index("seed") for x in (a, b))
+        ga, gb = ga[~ga.index.duplicated()], gb[~gb.index.duplicated()]
         for seed in sorted(set(ga.index) & set(gb.index)):
             va, vb = float(ga.at[seed, col]), float(gb.at[seed, col])
             da, db = bool(ga.at[seed, "diverged"]), bool(gb.at[seed, "diverged"])
@@ -324,11 +325,23 @@ def _claim_rows(summary: pd.DataFrame, claim: Claim) -> pd.DataFrame:
         "warmup")]
 
 
+def _ratio_fields(iv: Interval) -> dict:
+    """exp of an interval of a log-ratio: the (geometric mean) ratio and its bounds."""
+    return {"ratio": math.exp(iv.mean), "ratio_lo": math.exp(iv.lo) if iv.n > 1 else math.nan,
+            "ratio_hi": math.exp(iv.hi) if iv.n > 1 else math.nan}
+
+
+def _ratio_text(iv: Interval) -> str:
+    return format_ratio(**dict(zip(("ratio", "lo", "hi"), _ratio_fields(iv).values(), strict=True)))
+
+
 def _fipa_vs_fedavg_claim(summary: pd.DataFrame, claim: Claim) -> dict:
     rows = _claim_rows(summary, claim)
     effects = paired_effects(rows, "fipa", "fedavg")
     if effects.empty:
-        return {"evidence": "no run pairs FIPA with FedAvg here", "estimate": "", "n": 0,
+        what = (f"{' or '.join(claim.families)} runs" if claim.families else "runs") + \
+            (" with client methods other than local" if not claim.local_only else "")
+        return {"evidence": f"no {what} pairing FIPA with FedAvg", "estimate": "", "n": 0,
                 "verdict": NOT_MEASURED}
     ok = learned(rows)
     unlearned = [f"{t}/{p}" for (t, p), v in ok.items() if not v]
@@ -350,8 +363,8 @@ def _fipa_vs_fedavg_claim(summary: pd.DataFrame, claim: Claim) -> dict:
                      f"{int(tally.get(SUPPORTED, 0))} FIPA lower, {int(tally.get(NOT_SUPPORTED, 0))} FIPA "
                      f"higher, {int(tally.get(INCONCLUSIVE, 0))} inconclusive")
     if unlearned:
-        evidence += (f"; left out (no method reaches {', '.join(f'{k} <= {v:g}' for k, v in THRESHOLDS.items())}):"
-                     f" {', '.join(unlearned)}")
+        bar = ", ".join(f"{k} <= {v:g}" for k, v in THRESHOLDS.items())
+        evidence += f"; left out (no method reaches {bar}): {', '.join(unlearned)}"
     ndiv = int(used["diverged_a"].sum())
     if ndiv:
         evidence += f"; FIPA diverged in {ndiv} run(s)"
@@ -359,9 +372,8 @@ def _fipa_vs_fedavg_claim(summary: pd.DataFrame, claim: Claim) -> dict:
         verdict = INCONCLUSIVE if unlearned else NOT_MEASURED
         return {"evidence": evidence, "estimate": "no learned problem to compare" if unlearned else "",
                 "n": 0, "verdict": verdict}
-    est = "FIPA / FedAvg error: " + format_ratio(math.exp(iv.mean), math.exp(iv.lo) if iv.n > 1 else math.nan,
-                                                 math.exp(iv.hi) if iv.n > 1 else math.nan)
-    return {"evidence": evidence, "estimate": est, "n": iv.n, "verdict": verdict_of(iv, a_diverged=ndiv)}
+    return {"evidence": evidence, "estimate": "FIPA / FedAvg error: " + _ratio_text(iv), "n": iv.n,
+            "verdict": verdict_of(iv, a_diverged=ndiv), **_ratio_fields(iv)}
 
 
 def sweeps(summary: pd.DataFrame, kind: str = "fipa") -> list[tuple[tuple, str, pd.DataFrame]]:
@@ -375,9 +387,9 @@ def sweeps(summary: pd.DataFrame, kind: str = "fipa") -> list[tuple[tuple, str, 
     for cell, g in runs.groupby(CELL, sort=False):
         for knob in KNOBS:
             others = [k for k in KNOBS if k != knob]
-            key = g[others].astype(str).agg("|".join, axis=1)
+            key = g[others].apply(lambda r: "|".join(map(str, r)), axis=1)
             for _, h in g.groupby(key, sort=False):
-                if h[knob].astype(str).nunique() >= 2:
+                if h[knob].map(str).nunique() >= 2:
                     found.append((cell, knob, h))
     return found
 
@@ -400,10 +412,9 @@ def _low_rank_claim(summary: pd.DataFrame) -> dict:
     evidence = f"{', '.join(sorted(set(eff['task'])))}; rank {ranks}; margin {RANK_MARGIN:g}x"
     if iv.n == 0:
         return {"evidence": evidence, "estimate": "", "n": 0, "verdict": NOT_MEASURED}
-    est = "low / high rank error: " + format_ratio(math.exp(iv.mean), math.exp(iv.lo) if iv.n > 1 else math.nan,
-                                                   math.exp(iv.hi) if iv.n > 1 else math.nan)
-    return {"evidence": evidence, "estimate": est, "n": iv.n,
-            "verdict": verdict_of(iv, margin=math.log(RANK_MARGIN), a_diverged=int(eff["diverged_a"].sum()))}
+    return {"evidence": evidence, "estimate": "low / high rank error: " + _ratio_text(iv), "n": iv.n,
+            "verdict": verdict_of(iv, margin=math.log(RANK_MARGIN), a_diverged=int(eff["diverged_a"].sum())),
+            **_ratio_fields(iv)}
 
 
 def communication(summary: pd.DataFrame) -> pd.DataFrame:
@@ -418,9 +429,10 @@ def communication(summary: pd.DataFrame) -> pd.DataFrame:
         if pairs.empty:
             continue
         r, p = float(pairs["rank_f"].iloc[0]), float(pairs["num_params_f"].iloc[0])
+        ratio = pairs["uplink_bytes_total_f"] / pairs["uplink_bytes_total_a"]
         rows.append({"task": task, "partition": part, "P": int(p), "rank": int(r),
-                     "measured": float((pairs["uplink_bytes_total_f"] / pairs["uplink_bytes_total_a"]).median()),
-                     "formula": 1 + r * (p + 1) / p, "dense": 1 + p, "n": len(pairs)})
+                     "measured": float(ratio.median()), "formula": 1 + r * (p + 1) / p, "dense": 1 + p,
+                     "n": len(pairs)})
     return pd.DataFrame(rows)
 
 
@@ -437,19 +449,51 @@ def _communication_claim(summary: pd.DataFrame) -> dict:
             "n": int(c["n"].min()), "verdict": verdict}
 
 
-def claims_table(summary: pd.DataFrame) -> pd.DataFrame:
+def claims_table(summary: pd.DataFrame, ablations: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per claim of the paper: evidence here, estimate with its 95% interval, n seeds and
-    the verdict, all computed from ``summary`` (with attach_knobs for rank and communication)."""
+    the verdict, all computed from ``summary`` (with attach_knobs for rank and communication);
+    the rank claim also reads the ``ablations`` runs."""
     rows = []
     for claim in CLAIMS:
         if claim.key == "low_rank":
-            r = _low_rank_claim(summary)
+            both = summary if ablations is None or ablations.empty else pd.concat([summary, ablations])
+            r = _low_rank_claim(both)
         elif claim.key == "communication":
             r = _communication_claim(summary)
         else:
             r = _fipa_vs_fedavg_claim(summary, claim)
         rows.append({"claim": claim.text, **r})
-    return pd.DataFrame(rows, columns=["claim", "evidence", "estimate", "n", "verdict"])
+    return pd.DataFrame(rows, columns=["claim", "evidence", "estimate", "n", "verdict", "ratio", "ratio_lo",
+                                       "ratio_hi"])
+
+
+VERDICT_CSS = {SUPPORTED: "background-color: #d9f0d3", NOT_SUPPORTED: "background-color: #f4cccc",
+               INCONCLUSIVE: "background-color: #eeeeee", NOT_MEASURED: "color: #777777"}
+
+
+def claims_html(claims: pd.DataFrame) -> str:
+    """The claims table as HTML: verdicts shaded (green supported, red not supported, grey
+    inconclusive or not measured), long text left-aligned."""
+    t = claims.drop(columns=["ratio", "ratio_lo", "ratio_hi"], errors="ignore")
+    t = t.rename(columns={"claim": "claim of the paper", "evidence": "evidence in this run",
+                               "estimate": "estimate [95% t interval over seeds]", "n": "n seeds"})
+    return (t.style.map(lambda v: VERDICT_CSS.get(v, ""), subset=["verdict"])
+            .set_properties(**{"text-align": "left", "vertical-align": "top"})
+            .hide(axis="index").to_html())
+
+
+def setting_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per task x partition, this run's setting (needs attach_knobs): family, parameters P,
+    clients, participation, rounds, seeds, client methods and aggregators."""
+    rows = []
+    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
+        rows.append({"task": task, "partition": part, "family": g["task_family"].iloc[0],
+                     "metric": g["primary_metric"].iloc[0], "P": int(g["num_params"].max()),
+                     "clients": int(g["clients"].max()), "participation": float(g["participation"].max()),
+                     "rounds": int(g["rounds"].max()), "seeds": int(g["seed"].nunique()),
+                     "client methods": ", ".join(dict.fromkeys(g["client_method"])),
+                     "aggregators": ", ".join(aggregator_order(g["aggregator"]))})
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- health checks
@@ -575,6 +619,8 @@ def pivot(summary: pd.DataFrame, flags: pd.DataFrame | None = None, client_metho
     for key, g in rows.groupby(["task", "partition"] if columns == "task" else ["client_method"], sort=False):
         metric = g["primary_metric"].iloc[0]
         name = (f"{key[0]} / {key[1]}" if columns == "task" else key[0]) + f" ({metric} {arrow(metric)})"
+        if not learned(g).all():
+            name += f" \u2717 no method <= {THRESHOLDS[metric]:g}"
         stats = {}
         for agg, h in g.groupby("aggregator", sort=False):
             s = cell_stats(h[f"final_{metric}"], h["diverged"])
@@ -625,7 +671,8 @@ def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
         metric = g["primary_metric"].iloc[0]
         c = curves[(curves["task"] == task) & (curves["partition"] == part)]
         title = f"{task} / {part}"
-        written += rp.save_figure(rp.convergence_figure(c, metric, title), outdir / f"convergence_{task}_{part}")
+        written += rp.save_figure(rp.convergence_figure(c, metric, title),
+                                  outdir / f"convergence_{task}_{part}")
         written += rp.save_figure(rp.final_figure(g, metric, title), outdir / f"final_{task}_{part}")
     return written
 
@@ -634,8 +681,8 @@ def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
 
 
 def check_executed(nb) -> list[str]:
-    """Problems of an executed notebook: a cell tagged ``figure`` without an image, any output
-    on stderr, any error. Empty when the report is complete."""
+    """Problems of an executed notebook: a cell tagged ``figure`` without an image (unless it
+    said why through report_plots.skip), any output on stderr, any error. Empty when complete."""
     problems = []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -648,7 +695,8 @@ def check_executed(nb) -> list[str]:
                 problems.append(f"cell {i} ({head!r}) wrote to stderr: {o.get('text', '')[:200]!r}")
             if o.output_type == "error":
                 problems.append(f"cell {i} ({head!r}) raised {o.get('ename')}: {o.get('evalue', '')[:200]}")
-        if "figure" in tags and not any("image/png" in o.get("data", {}) for o in outs):
+        skipped = any(o.get("metadata", {}).get("fipa_skipped") for o in outs)
+        if "figure" in tags and not skipped and not any("image/png" in o.get("data", {}) for o in outs):
             problems.append(f"cell {i} ({head!r}) is a figure cell but produced no image")
     return problems
 

@@ -244,18 +244,44 @@ def test_burgers_reference_converges_and_matches_known_values():
     np.testing.assert_allclose(ref.burgers_cole_hopf(xs, 1e-9, NU), -np.sin(np.pi * xs), atol=1e-6)
 
 
-def test_burgers_reference_solves_the_pde():
-    # central differences of the Cole-Hopf solution away from the front
+@pytest.mark.parametrize("problem", ["burgers", "burgers_smooth"])
+def test_burgers_reference_solves_the_pde(problem):
+    # central differences of the Cole-Hopf solution (away from the front), fed to the problem's
+    # own residual: N[u] = u_t + u u_x - nu u_xx = 0 with the nu the registry entry carries
+    nu = PROBLEMS.get(problem).constants["nu"]
+    assert nu == pytest.approx({"burgers": 0.01, "burgers_smooth": 0.1}[problem] / math.pi, rel=1e-15)
     h = 1e-4
     x, t = np.array([-0.6, -0.3, 0.45, 0.8]), np.array([0.2, 0.4, 0.7, 0.9])
+    pts = torch.from_numpy(np.stack([x, t], -1))
 
-    def u(dx=0.0, dt=0.0):
-        return ref.burgers_cole_hopf(x + dx, t + dt, NU)
+    def residual(sol_nu):
+        def u(dx=0.0, dt=0.0):
+            return ref.burgers_cole_hopf(x + dx, t + dt, sol_nu)
 
-    u_t = (u(dt=h) - u(dt=-h)) / (2 * h)
-    u_x = (u(dx=h) - u(dx=-h)) / (2 * h)
-    u_xx = (u(dx=h) - 2 * u() + u(dx=-h)) / h**2
-    np.testing.assert_allclose(u_t + u() * u_x, NU * u_xx, atol=1e-4)
+        du = np.stack([(u(dx=h) - u(dx=-h)) / (2 * h), (u(dt=h) - u(dt=-h)) / (2 * h)], axis=-1)
+        d2u = np.zeros((len(x), 2, 2))
+        d2u[:, 0, 0] = (u(dx=h) - 2 * u() + u(dx=-h)) / h**2
+        return PROBLEMS.get(problem).residual(pts, *(torch.from_numpy(a) for a in (u(), du, d2u)))
+
+    assert residual(nu).abs().max() < 1e-4
+    # the other viscosity's solution is not one: the check can fail
+    assert residual(2 * nu).abs().max() > 1e-3
+
+
+def test_burgers_smooth_reference_converges_and_is_cached_apart(tmp_path):
+    nu = 0.1 / math.pi
+    X, T = np.meshgrid(np.linspace(-1, 1, 101), np.array([0.3, 1.0]), indexing="ij")
+    finest = ref.burgers_cole_hopf(X, T, nu, 240)
+    errs = [np.abs(ref.burgers_cole_hopf(X, T, nu, k) - finest).max() for k in (40, 80, 120)]
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-13  # the 120 nodes the problem uses suffice
+    smooth, sharp = make_task("burgers_smooth", tmp_path), make_task("burgers", tmp_path)
+    Xg, _, U = smooth.solution_grid(smooth.build_model(), dict(smooth.build_model().named_parameters()))
+    np.testing.assert_allclose(U, ref.burgers_cole_hopf(Xg[..., 0], Xg[..., 1], nu), atol=1e-13)
+    assert len(list((tmp_path / "ref").glob("burgers-*.npz"))) == 2  # one cache file per viscosity
+    # the larger viscosity flattens the front at x = 0: a smaller slope magnitude at t = 1
+    mid = len(smooth.grid_axes[0]) // 2
+    assert abs(U[mid + 1, -1] - U[mid - 1, -1]) < abs(sharp.u_test.reshape(U.shape)[mid + 1, -1]
+                                                    - sharp.u_test.reshape(U.shape)[mid - 1, -1])
 
 
 def test_allen_cahn_reference_converges_on_refinement():
@@ -429,5 +455,5 @@ def test_sampling_is_seeded_and_leaves_global_state_alone(tmp_path):
     assert torch.equal(a, b) and not torch.equal(a, c)
     np.testing.assert_array_equal(np.random.get_state()[1], before)  # noqa: NPY002
     assert pde.problems.dde.config.real.precision == precision
-    assert sorted(PROBLEMS.names()) == ["allen_cahn", "burgers", "diffusion_reaction", "heat1d",
-                                        "helmholtz2d", "helmholtz2d_n1", "poisson1d"]
+    assert sorted(PROBLEMS.names()) == ["allen_cahn", "burgers", "burgers_smooth", "diffusion_reaction",
+                                        "heat1d", "helmholtz2d", "helmholtz2d_n1", "poisson1d"]

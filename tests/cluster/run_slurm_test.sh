@@ -8,8 +8,10 @@
 # Needs root on Debian/Ubuntu; installs slurmctld, slurmd, slurm-client and munge with
 # apt-get when they are missing. The daemons (a private munged, slurmctld, slurmd) are
 # started directly, without systemd, with state, logs and PID files under $STATE; the
-# cluster's config goes to /etc/slurm/slurm.conf (the executor's job steps drop
-# $SLURM_CONF, so clients inside jobs only find the default path) and is removed again.
+# cluster's config goes to /etc/slurm/slurm.conf and gres.conf (the executor's job steps drop
+# $SLURM_CONF, so clients inside jobs only find the default path) and is removed again. The
+# node declares two stand-in GPUs (Gres=gpu:2): device files made under $STATE/dev for the
+# test (like /dev/null) and removed with it.
 # Only the PIDs recorded under $STATE are stopped. Exit status: 0 all checks passed,
 # 1 a check failed, 77 this machine cannot host the test (not root, no SLURM packages,
 # a foreign SLURM config, a port in use).
@@ -24,6 +26,11 @@
 #   - meanwhile a job that fails on the cluster (a config with fewer samples than
 #     clients, which only `fipa partition` checks) is reported FAILED, with the reason
 #     in the rule's log, and the rerun after fixing the config completes;
+#   - meanwhile the GPU case (tests/cluster/gpu_config.yaml, device: auto, FIPA_SLURM_GPUS=2,
+#     FIPA_FAKE_CUDA=1 so that the jobs compute on the CPU): both training jobs are submitted
+#     with --gpus=1 and run at once, each on its own stand-in GPU (distinct
+#     CUDA_VISIBLE_DEVICES, bound by SLURM, no lock: their claim/release times in the rule logs
+#     overlap);
 #   - summary.csv equals, in every ID and metric column, the one of a local run
 #     (profiles/local) of the same config.
 # Every snakemake call runs under `timeout -s KILL`; about 4 minutes on 2 busy cores.
@@ -33,6 +40,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${FIPA_BIN:-$ROOT/.venv/bin}
 STATE=${FIPA_SLURM_STATE:-/tmp/fipa-slurm-test}
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
 MARK="# written by fipa tests/cluster/run_slurm_test.sh"
 CTLD_PORT=${FIPA_SLURMCTLD_PORT:-16817}
 SLURMD_PORT=$((CTLD_PORT + 1))
@@ -72,7 +80,10 @@ down() {
     stop_pid slurmd "$STATE/slurmd.pid"
     stop_pid slurmctld "$STATE/slurmctld.pid"
     stop_pid munged "$STATE/munge/munged.pid"
-    if [[ -f $CONF ]] && head -1 "$CONF" | grep -qF "$MARK"; then rm -f "$CONF"; fi
+    for f in "$CONF" "$GRES_CONF"; do
+        if [[ -f $f ]] && head -1 "$f" | grep -qF "$MARK"; then rm -f "$f"; fi
+    done
+    rm -rf "$STATE/dev"  # the stand-in GPUs' device files
 }
 
 install_slurm() {
@@ -102,7 +113,9 @@ up() {
     [[ $(id -u) == 0 ]] || cannot "needs root (daemons, /etc/slurm/slurm.conf)"
     mkdir -p "$STATE"
     down  # leftovers of an earlier run that was killed before its own tear-down
-    [[ ! -e $CONF ]] || cannot "$CONF exists and is not this test's; not touching a configured SLURM"
+    for f in "$CONF" "$GRES_CONF"; do
+        [[ ! -e $f ]] || cannot "$f exists and is not this test's; not touching a configured SLURM"
+    done
     install_slurm
     for port in "$CTLD_PORT" "$SLURMD_PORT"; do
         port_free "$port" || cannot "port $port is in use (set FIPA_SLURMCTLD_PORT)"
@@ -120,6 +133,13 @@ up() {
     for _ in $(seq 50); do [[ -S $STATE/munge/munge.socket ]] && break; sleep 0.1; done
     munge -S "$STATE/munge/munge.socket" -n | unmunge -S "$STATE/munge/munge.socket" >/dev/null \
         || fail "munged did not come up: $(tail -3 "$STATE/log/munged.out")"
+
+    # two stand-in GPUs: device files (like /dev/null) that SLURM hands out as gres/gpu
+    mkdir -p "$STATE/dev"
+    for i in 0 1; do
+        mknod -m 666 "$STATE/dev/fakegpu$i" c 1 3 2>/dev/null || touch "$STATE/dev/fakegpu$i"
+    done
+    printf '%s\n%s\n' "$MARK" "NodeName=$NODE Name=gpu File=$STATE/dev/fakegpu[0-1]" >"$GRES_CONF"
 
     local mem
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
@@ -151,12 +171,13 @@ DefMemPerCPU=500
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+GresTypes=gpu
 MinJobAge=300
 ReturnToService=2
 # twice the cores: the test's jobs mostly wait on Python start-up, and the failing-job
 # run shares the node with the main run (config_overrides: slurmd reports these values)
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$((2 * $(nproc))) RealMemory=$mem State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$((2 * $(nproc))) RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 # deliberately no default partition: a run that names none must say so
 PartitionName=$PARTITION Nodes=ALL Default=NO MaxTime=INFINITE State=UP
 EOF
@@ -171,7 +192,7 @@ EOF
         sleep 0.5
     done
     [[ $state == idle ]] || fail "node $NODE is '${state:-unknown}', not idle: $(tail -3 "$STATE/log/slurmctld.log")"
-    log "SLURM $(sinfo -V | cut -d' ' -f2) up: node $NODE, $(sinfo -h -o %c) CPUs, partition $PARTITION"
+    log "SLURM $(sinfo -V | cut -d' ' -f2) up: node $NODE, $(sinfo -h -o %c) CPUs, $(sinfo -h -o %G), partition $PARTITION"
 }
 
 # --- the checks -------------------------------------------------------------------------
@@ -208,6 +229,28 @@ slurm_states() {  # squeue's states of one snakemake run's SLURM jobs (named by 
     squeue -h -t all --name="$run_id" -o "%T" | sort | uniq -c | xargs
 }
 
+gpu_spans() {  # the two GPU training jobs: distinct stand-in GPUs, bound by SLURM, held at once
+    "$BIN/python" - "$@" <<'PY'
+import json, re, sys
+
+spans = []
+for log in sys.argv[1:]:
+    text = open(log).read()
+    got = re.search(r"fipa devices: (\S+) \(cuda:0\), bound by the scheduler \((.*?)\), no lock, "
+                    r"CUDA_VISIBLE_DEVICES=(\S+), from ([0-9.]+)", text)
+    end = re.search(r"fipa devices: \S+ released at ([0-9.]+)", text)
+    assert got and end, f"{log}: no scheduler-bound GPU claim and release:\n{text[-2000:]}"
+    spans.append((got[3], float(got[4]), float(end[1]), got[2]))
+spans.sort()
+cvds = [s[0] for s in spans]
+assert cvds == ["0", "1"], f"CUDA_VISIBLE_DEVICES of the two jobs: {cvds}, expected 0 and 1"
+both = min(s[2] for s in spans) - max(s[1] for s in spans)
+assert both > 0, f"the jobs held their GPUs one after the other (spans {spans}): one waited"
+print(f"GPU jobs: CUDA_VISIBLE_DEVICES {' and '.join(cvds)} ({'; '.join(s[3] for s in spans)}), "
+      f"both held for {both:.1f} s at once")
+PY
+}
+
 summary_equal() {
     "$BIN/python" - "$1" "$2" <<'PY'
 import sys
@@ -228,8 +271,9 @@ checks() {
     local work=$STATE/work
     rm -rf "$work"
     for d in local slurm fail; do mkdir -p "$work/$d" && cp -r "$ROOT/.test/config" "$work/$d/config"; done
+    mkdir -p "$work/gpu/config" && cp "$ROOT/tests/cluster/gpu_config.yaml" "$work/gpu/config/config.yaml"
     local slurm=(--profile "$ROOT/profiles/slurm" --slurm-init-seconds-before-status-checks 1)
-    local local_pid main_pid states n
+    local local_pid main_pid gpu_pid states n
 
     # the local reference runs alongside the cluster runs
     start_smk "$work/local.out" 400 "$work/local" --profile "$ROOT/profiles/local" --cores 2 \
@@ -257,6 +301,14 @@ checks() {
     start_smk "$work/slurm.out" 330 "$work/slurm" results/summary.csv "${slurm[@]}"
     main_pid=$STARTED
     log "SLURM run of the .test workflow started"
+
+    # 2b. alongside, the GPU case (tests/cluster/gpu_config.yaml): two training jobs with
+    #     device: auto on the stand-in GPUs (FIPA_FAKE_CUDA=1: they compute on the CPU)
+    local runs=results/runs/regression_1d/domain4/local/fedavg
+    FIPA_FAKE_CUDA=1 FIPA_SLURM_GPUS=2 start_smk "$work/gpu.out" 300 "$work/gpu" "${slurm[@]}" \
+        "$runs/seed0/final.json" "$runs/seed1/final.json"
+    gpu_pid=$STARTED
+    log "SLURM run of the GPU case started"
 
     # 3. meanwhile a job that fails on the cluster (fewer samples than clients, which only
     #    `fipa partition` checks), then the same target after fixing the config
@@ -295,7 +347,20 @@ checks() {
     if sacct -n >/dev/null 2>&1; then fail "sacct works here, so squeue's status path went untested"; fi
     log "ok: 5 SLURM jobs COMPLETED, the 6 training cells in 1 batch job; status from squeue (no sacct here)"
 
-    # 5. the same numbers as the local run
+    # 5. the GPU case: 1 partition job, 2 training jobs with one GPU each, held at once
+    RC=0
+    wait "$gpu_pid" || RC=$?
+    expect_rc 0 "$work/gpu.out" "SLURM run of the GPU case"
+    states=$(slurm_states "$work/gpu.out")
+    [[ $states == "3 COMPLETED" ]] || fail "SLURM jobs of the GPU case: '$states', expected 3 COMPLETED"
+    n=$(squeue -h -t all --name="$(sed -n 's/^SLURM run ID: //p' "$work/gpu.out" | head -1)" \
+        -O "tres-per-job:30" | grep -c "gres:gpu:1" || true)
+    ((n == 2)) || fail "$n jobs of the GPU case were submitted with --gpus=1, expected the 2 training jobs"
+    gpu_spans "$work"/gpu/results/logs/train/regression_1d/domain4/local/fedavg/seed{0,1}.log \
+        || fail "the GPU case's training jobs did not each get their own GPU at once"
+    log "ok: 2 device: auto training jobs submitted with --gpus=1, each on its own stand-in GPU, at once"
+
+    # 6. the same numbers as the local run
     RC=0
     wait "$local_pid" || RC=$?
     expect_rc 0 "$work/local.out" "local reference run"

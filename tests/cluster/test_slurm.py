@@ -2,8 +2,9 @@
 
 The script needs root and SLURM's Debian packages (it installs them with apt-get when they
 are missing); elsewhere, or with FIPA_SKIP_CLUSTER_TEST=1, this test is skipped with the
-reason. The script stops the daemons it started; if it overruns, it is stopped (TERM,
-which runs its tear-down) and `run_slurm_test.sh down` runs as a last resort.
+reason. It includes the GPU case: two device: auto training jobs on two stand-in GPUs. The
+script stops the daemons it started; if it overruns, it is stopped (TERM, which runs its
+tear-down) and `run_slurm_test.sh down` runs as a last resort.
 """
 
 from __future__ import annotations
@@ -60,3 +61,4 @@ def test_workflow_on_a_real_slurm_cluster():
         pytest.skip(out.strip().splitlines()[-1] if out.strip() else "the machine cannot host SLURM")
     assert proc.returncode == 0, out[-6000:]
     assert "PASS: cluster test finished" in out, out[-3000:]
+    print(out)  # the script's progress lines and timings: pytest -rP shows them

@@ -126,8 +126,23 @@ def first_output(wildcards, output):
     return output[0]
 
 
+def workflow_has_gpus():
+    """Whether this run has GPUs to give (device: auto's rule): `--resources gpu=N` with N >= 1,
+    which profiles/local sets to the machine's GPU count and profiles/slurm to $FIPA_SLURM_GPUS.
+
+    A cluster job's own Snakemake gets no --resources; there the question is whether the job
+    was submitted with GPUs, which its SLURM environment says."""
+    if not workflow.is_main_process:
+        return any(os.environ.get(v) for v in ("SLURM_GPUS", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"))
+    given = workflow.global_resources.get("gpu").value
+    return isinstance(given, int) and given >= 1
+
+
 def train_resources():
-    return {"gpu": 1} if config["device"].startswith("cuda") else {}
+    """gpu=1 per training job for device cuda/cuda:N, and for auto when the run has GPUs to give."""
+    device = config["device"]
+    wants_gpu = device.startswith("cuda") or (device == "auto" and workflow_has_gpus())
+    return {"gpu": 1} if wants_gpu else {}
 
 
 # Cluster sizing of one training (or warm-up) job per task family: memory in MB and

@@ -1,0 +1,367 @@
+"""The report: statistics against scipy and hand-computed oracles, health flags, one colour per
+aggregator in every figure, and the executed notebook on the .test workflow's results."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from fipa import palette, report
+from fipa import report_plots as rp
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_t_interval_is_scipys():
+    x = np.array([0.3, -0.1, 0.7, 0.2, 0.45])
+    iv = report.t_interval(x)
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert (iv.n, iv.mean) == (5, pytest.approx(x.mean()))
+    assert iv.lo == pytest.approx(lo, rel=1e-12) and iv.hi == pytest.approx(hi, rel=1e-12)
+    # two seeds: t_{1, 0.975} = 12.706
+    iv2 = report.t_interval([1.0, 2.0])
+    assert iv2.hi - iv2.mean == pytest.approx(12.7062047 * 0.5, rel=1e-6)
+    # non-finite values (diverged) are left out; fewer than two values give no interval
+    assert report.t_interval([1.0, np.inf, np.nan, 3.0]).n == 2
+    one = report.t_interval([2.0])
+    assert one.n == 1 and one.mean == 2.0 and math.isnan(one.lo)
+    assert report.t_interval([]).n == 0
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "n", "margin", "div", "want"),
+    [(-2.0, -0.1, 3, 0.0, 0, report.SUPPORTED), (0.1, 2.0, 3, 0.0, 0, report.NOT_SUPPORTED),
+     (-1.0, 1.0, 3, 0.0, 0, report.INCONCLUSIVE), (-2.0, -0.1, 3, 0.0, 1, report.INCONCLUSIVE),
+     (math.nan, math.nan, 1, 0.0, 0, report.INCONCLUSIVE),
+     (math.nan, math.nan, 0, 0.0, 0, report.NOT_MEASURED),
+     (-1.0, 0.2, 3, math.log(1.25), 0, report.SUPPORTED)],
+)
+def test_verdict_rules(lo, hi, n, margin, div, want):
+    iv = report.Interval((lo + hi) / 2 if n else math.nan, lo, hi, n, 1.0)
+    assert report.verdict_of(iv, margin=margin, a_diverged=div) == want
+
+
+def row(task, agg, seed, value, family="regression", metric="test_mse", method="local", diverged=False,
+        rank=10, uplink=1000, P=100, partition="p", rho=1e-4):
+    return {"task": task, "partition": partition, "client_method": method, "aggregator": agg, "seed": seed,
+            "task_family": family, "primary_metric": metric, f"final_{metric}": value, "diverged": diverged,
+            "agg_kind": agg.split("_")[0] if agg.startswith("fipa") else agg, "rank": rank, "rho": rho,
+            "server_lr": 1.0, "complement": "fedavg", "damping": "fixed", "curvature_at": "broadcast",
+            "curvature_samples": None, "num_params": P, "uplink_bytes_total": uplink}
+
+
+FEDAVG = [1.0, 2.0, 4.0]
+FIPA = [0.1, 0.3, 0.2]
+PDE_FEDAVG, PDE_FIPA = [0.05, 0.08, 0.06], [0.04, 0.09, 0.03]
+
+
+def synthetic() -> pd.DataFrame:
+    """Three seeds: regression (FIPA wins), two PINN problems (one unlearned), digits accuracy
+    under two client methods, a centralized reference, a diverged FIPA variant, a rank sweep."""
+    rows = []
+    for s in range(3):
+        rows += [row("reg", "fedavg", s, FEDAVG[s], uplink=800),
+                 row("reg", "fipa", s, FIPA[s], uplink=800 * 11.01),
+                 row("reg", "centralized", s, 5.0, uplink=0),
+                 row("reg", "fipa_rho1e-3", s, 0.5, diverged=s == 1, rho=1e-3),
+                 row("reg", "fipa_r2", s, FIPA[s] * 1.1, rank=2)]
+        rows += [row("pde_a", "fedavg", s, PDE_FEDAVG[s], "pde", "rel_l2"),
+                 row("pde_a", "fipa", s, PDE_FIPA[s], "pde", "rel_l2"),
+                 row("pde_b", "fedavg", s, 0.9, "pde", "rel_l2"),
+                 row("pde_b", "fipa", s, 0.5, "pde", "rel_l2")]
+        for m in ("local", "fedprox"):
+            rows += [row("digits", "fedavg", s, 0.80 + 0.01 * s, "vision", "test_acc", m),
+                     row("digits", "fipa", s, 0.90 + 0.01 * s, "vision", "test_acc", m)]
+    return pd.DataFrame(rows)
+
+
+def test_claims_are_computed_against_a_hand_oracle():
+    claims = report.claims_table(synthetic())
+    by = {c.key: claims.iloc[i] for i, c in enumerate(report.CLAIMS)}
+    # regression: per-seed log(FIPA / FedAvg), t interval over the three seeds
+    lr = np.log(np.array(FIPA) / np.array(FEDAVG))
+    lo, hi = stats.t.interval(0.95, 2, loc=lr.mean(), scale=stats.sem(lr))
+    r = by["regression"]
+    assert r["ratio"] == pytest.approx(math.exp(lr.mean())) and r["n"] == 3
+    assert (r["ratio_lo"], r["ratio_hi"]) == (pytest.approx(math.exp(lo)), pytest.approx(math.exp(hi)))
+    assert r["verdict"] == report.SUPPORTED
+    # PINNs: pde_b is not learned by any method (0.5 > 0.1) and is left out; pde_a alone
+    r = by["pde"]
+    lr = np.log(np.array(PDE_FIPA) / np.array(PDE_FEDAVG))
+    assert r["ratio"] == pytest.approx(math.exp(lr.mean()))
+    assert "pde_b/p" in r["evidence"] and r["verdict"] == report.INCONCLUSIVE
+    # vision: error rates 1 - acc; the local client method only
+    r = by["vision"]
+    lr = np.log((1 - (0.90 + 0.01 * np.arange(3))) / (1 - (0.80 + 0.01 * np.arange(3))))
+    assert r["ratio"] == pytest.approx(math.exp(lr.mean())) and r["verdict"] == report.SUPPORTED
+    # client methods: fedprox only, named in the evidence
+    assert by["client_methods"]["n"] == 3 and "fedprox" in by["client_methods"]["evidence"]
+    # rank sweep (fipa_r2 has rank 2, fipa rank 10, all else equal): low / high = 1.1 < 1.25 margin
+    r = by["low_rank"]
+    assert r["ratio"] == pytest.approx(1.1) and r["verdict"] == report.SUPPORTED
+    # communication: 11.01 x FedAvg's bytes against the formula 1 + 10 * 101 / 100 = 11.1
+    assert by["communication"]["verdict"] == report.SUPPORTED and "11.1x" in by["communication"]["estimate"]
+    assert len(claims) == len(report.CLAIMS)
+
+
+def test_missing_evidence_says_not_measured():
+    only_reg = synthetic().query("task == 'reg' and aggregator in ['fedavg', 'fipa']")
+    claims = report.claims_table(only_reg)
+    verdicts = dict(zip([c.key for c in report.CLAIMS], claims["verdict"], strict=True))
+    assert verdicts["pde"] == verdicts["vision"] == verdicts["low_rank"] == report.NOT_MEASURED
+    assert verdicts["regression"] == report.SUPPORTED
+
+
+def test_pivot_leaves_diverged_runs_out_and_marks_the_best():
+    s = synthetic()
+    flags = report.health_flags(s, pd.DataFrame())
+    text, best = report.pivot(s, flags)
+    col = "reg / p (test_mse \u2193)"
+    assert text.at["fipa_rho1e-3", col] == "0.5 \u00b1 0 (1 div.)"  # the two finite seeds only
+    assert text.at["fipa", col] == f"{np.mean(FIPA):.3g} \u00b1 {np.std(FIPA, ddof=1):.2g}"
+    assert best.at["fipa", col] and not best.at["centralized", col]
+    assert list(text.index)[0] == "fedavg" and list(text.index)[-1] == "centralized"
+    assert "\u2717" in next(c for c in text.columns if c.startswith("pde_b"))
+    acc = next(c for c in text.columns if c.startswith("digits"))
+    assert "\u2191" in acc and best.at["fipa", acc]
+
+
+def test_health_flags_from_metrics_and_finals():
+    s = synthetic()
+    curves = pd.DataFrame([{**{k: r[k] for k in report.ID_COLUMNS}, "round": rnd, "test_mse": v}
+                           for _, r in s[s["task"] == "reg"].iterrows()
+                           for rnd, v in ((0, 0.2), (5, r["final_test_mse"]))])
+    flags = report.health_flags(s, curves)
+    kinds = flags.groupby("kind")["aggregator"].apply(set).to_dict()
+    assert kinds["diverged"] == {"fipa_rho1e-3"}
+    assert kinds["worse_than_start"] == {"fedavg", "fipa_rho1e-3", "centralized", "fipa", "fipa_r2"}
+    assert kinds["centralized_worse"] == {"centralized"}  # 5.0 against fedavg's 2.3 and FIPA's 0.2
+    assert set(flags.loc[flags["kind"] == "unlearned", "task"]) == {"pde_b"}
+
+
+def test_median_seed_is_the_middle_run(tmp_path):
+    from fipa.plots_pde import median_seed
+
+    dirs = []
+    for i, v in enumerate([0.3, 0.1, 0.2, 0.05]):
+        d = tmp_path / f"s{i}"
+        d.mkdir()
+        (d / "final.json").write_text(json.dumps({"final": {"rel_l2": v}, "diverged": i == 3}))
+        dirs.append(d)
+    assert median_seed(dirs) == dirs[2]  # 0.1, [0.2], 0.3, diverged last: the lower middle of four
+    assert median_seed([dirs[0], dirs[1], dirs[3]]) == dirs[0]  # 0.1, [0.3], diverged
+
+
+# ----------------------------------------------------------------------------- palette and figures
+
+
+def test_palette_is_fixed_and_distinguishes_fipa_variants():
+    from matplotlib.colors import to_rgb
+
+    names = ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "diag_fisher", "fipa", "fipa_rho1e-3",
+             "fipa_fixed", "fipa_adaptive", "fipa_pinv", "centralized"]
+    cols = [palette.color(n) for n in names]
+    assert len(set(cols)) == len(names)
+    styles = {(palette.style(n).marker, palette.style(n).linestyle) for n in names if n.startswith("fipa")}
+    assert len(styles) == 5  # no two FIPA variants share marker and dashes
+    rgb = {n: np.array(to_rgb(palette.color(n))) for n in names}
+    for a in ("fipa", "fipa_rho1e-3", "fipa_fixed"):
+        for b in ("fipa", "fipa_rho1e-3", "fipa_fixed", "fedyogi"):
+            if a != b:
+                assert np.abs(rgb[a] - rgb[b]).sum() > 0.3, (a, b)
+    assert palette.color("fipa_new_variant") == palette.color("fipa_new_variant")  # stable for new names
+    assert palette.order(["fipa", "centralized", "fedyogi", "fedavg"]) == ["fedavg", "fedyogi", "fipa",
+                                                                            "centralized"]
+
+
+def test_every_figure_draws_each_aggregator_in_its_palette_colour():
+    s = synthetic().assign(wall_s=1.0)
+    reg = s[s["task"] == "reg"]
+    curves = pd.DataFrame([{**{k: r[k] for k in report.ID_COLUMNS}, "round": rnd,
+                            "test_mse": v * (2 - rnd / 5), "uplink_bytes_total": rnd * 100}
+                           for _, r in reg.iterrows()
+                           for rnd, v in ((0, r["final_test_mse"]), (5, r["final_test_mse"]))])
+    figs = [rp.convergence_figure(curves, "test_mse", "t"), rp.final_figure(reg, "test_mse", "t"),
+            rp.cost_figure(curves, reg, "test_mse", "t"), rp.forest_figure(s, ["fipa", "fipa_rho1e-3"])]
+    sweep = [h for _, knob, h in report.sweeps(reg) if knob == "rank"][0]
+    figs.append(rp.sweep_figure(sweep, "rank", reg[reg["aggregator"] == "fedavg"], "test_mse", "t"))
+    for fig in figs:
+        drawn = rp.figure_colors(fig)
+        assert drawn and rp.check_colors(fig) == []
+        assert all(cs == {palette.color(a)} for a, cs in drawn.items())
+    assert set(rp.figure_colors(figs[0])) == set(reg["aggregator"])
+    # a figure that breaks the palette is caught
+    ax = figs[1].axes[0]
+    ax.plot([0, 1], [1, 2], color="#123456", gid="agg:fipa")
+    assert rp.check_colors(figs[1]) and "fipa" in rp.check_colors(figs[1])[0]
+
+
+def test_library_never_switches_the_matplotlib_backend():
+    for path in (ROOT / "fipa").rglob("*.py"):
+        text = path.read_text()
+        assert "matplotlib.use(" not in text and "import matplotlib.pyplot" not in text, path
+
+
+def test_check_executed_flags_stderr_and_empty_figures():
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    fig = new_code_cell("show()", metadata={"tags": ["figure"]})
+    skipped = new_code_cell("skip()", metadata={"tags": ["figure"]},
+                            outputs=[new_output("display_data", {"text/markdown": "*none*"},
+                                                metadata={rp.SKIP_KEY: True})])
+    noisy = new_code_cell("import deepxde",
+                          outputs=[new_output("stream", name="stderr", text="Using backend")])
+    problems = report.check_executed(nbformat.from_dict(new_notebook(cells=[fig, skipped, noisy])))
+    assert len(problems) == 2
+    assert "produced no image" in problems[0] and "stderr" in problems[1]
+
+
+# ----------------------------------------------------------------------------- the executed report
+
+
+def _sections(nb) -> list[tuple[str, list]]:
+    """(section heading, outputs of the code cells up to the next heading)."""
+    out, current = [], None
+    for c in nb.cells:
+        if c.cell_type == "markdown" and c.source.startswith("## "):
+            current = (c.source.splitlines()[0], [])
+            out.append(current)
+        elif c.cell_type == "code" and current is not None:
+            current[1].extend(c.get("outputs", []))
+    return out
+
+
+def _add_synthetic_runs(results: Path) -> None:
+    """Next to the real .test runs: a FIPA variant that diverged in seed 1, and an ablation
+    (results/ablations) sweeping FIPA's rank, made from copies of the real FIPA runs."""
+    cell = results / "runs" / "regression_1d" / "domain4" / "local"
+    for seed in (0, 1):
+        src = cell / "fipa" / f"seed{seed}"
+        abl = results / "ablations" / "runs"
+        for name, rank, root in (("fipa_rho1e-3", 10, results / "runs"), ("fipa_r2", 2, abl),
+                                 ("fipa_r10", 10, abl)):
+            dst = root / "regression_1d" / "domain4" / "local" / name / f"seed{seed}"
+            dst.mkdir(parents=True)
+            shutil.copy(src / "metrics.csv", dst)
+            final = json.loads((src / "final.json").read_text())
+            final["aggregator"] = dst.parent.name
+            final["config"]["aggregator"].update(rank=rank, rho=1e-3 if "rho" in name else 1e-4)
+            if name == "fipa_rho1e-3" and seed == 1:
+                final["diverged"], final["final"]["test_mse"] = True, float("nan")
+            if rank == 2:
+                final["final"]["test_mse"] *= 1.05
+            (dst / "final.json").write_text(json.dumps(final))
+    report.collect([results / "runs"], results / "summary.csv")
+    report.collect([results / "ablations" / "runs"], results / "ablations" / "summary.csv")
+
+
+def _table_rows(html: str) -> list[list[str]]:
+    """The text of each <th>/<td> cell, row by row, of an HTML table (stdlib parser)."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    p = Rows()
+    p.feed(html)
+    return [r for r in p.rows if r]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """The .test workflow up to its summary (one core), plus synthetic runs, then the report."""
+    import nbformat
+
+    work = tmp_path_factory.mktemp("report")
+    shutil.copytree(ROOT / ".test" / "config", work / "config")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory",
+                          str(work), "--cores", "1", "results/summary.csv"], env=env, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _add_synthetic_runs(work / "results")
+    cwd = os.getcwd()
+    os.chdir(work)  # run directories in summary.csv are relative to the workflow directory
+    try:
+        report.execute_report(ROOT / "notebooks" / "report.ipynb", "results/report.ipynb",
+                              "results/report.html", "results")
+    finally:
+        os.chdir(cwd)
+    return work, nbformat.read(work / "results" / "report.ipynb", as_version=4)
+
+
+def test_every_section_has_output_and_nothing_on_stderr(executed):
+    work, nb = executed
+    assert report.check_executed(nb) == []
+    sections = _sections(nb)
+    assert len(sections) == 10
+    for title, outputs in sections:
+        assert outputs, f"{title} is empty"
+        assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"], title
+    html = (work / "results" / "report.html").read_text()
+    assert "Claims and evidence" in html and "<img" in html
+    assert "results_dir = " not in html  # parameter cells are not in the HTML
+    assert "Using backend" not in html and "np.int64" not in html
+
+
+def test_claims_table_has_a_computed_verdict_per_claim(executed):
+    work, nb = executed
+    (cell,) = [c for c in nb.cells if "claims" in c.get("metadata", {}).get("tags", [])]
+    html = "".join(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
+    rows = _table_rows(html)
+    header, body = rows[0], rows[1:]
+    claims = pd.DataFrame(body, columns=header)
+    assert len(claims) == len(report.CLAIMS)
+    assert claims["claim of the paper"].tolist() == [c.text for c in report.CLAIMS]
+    summary = report.attach_knobs(pd.read_csv(work / "results" / "summary.csv").assign(
+        run_dir=lambda d: [str(work / p) for p in d["run_dir"]]))
+    abl = report.attach_knobs(pd.read_csv(work / "results" / "ablations" / "summary.csv").assign(
+        run_dir=lambda d: [str(work / p) for p in d["run_dir"]]))
+    expected = report.claims_table(summary, abl)
+    assert claims["verdict"].tolist() == expected["verdict"].tolist()
+    verdicts = dict(zip([c.key for c in report.CLAIMS], claims["verdict"], strict=True))
+    assert verdicts["pde"] == verdicts["vision"] == report.NOT_MEASURED  # no such runs in .test
+    assert verdicts["low_rank"] in (report.SUPPORTED, report.INCONCLUSIVE)  # the ablation is read
+    assert verdicts["communication"] == report.SUPPORTED
+
+
+def test_report_shows_the_ablation_and_the_diverged_variant(executed):
+    _, nb = executed
+    sections = dict(_sections(nb))
+    abl = next(v for k, v in sections.items() if "Ablations" in k)
+    assert any("image/png" in o.get("data", {}) for o in abl)
+    health = next(v for k, v in sections.items() if "Health" in k)
+    text = json.dumps([o.get("data", {}) for o in health])
+    assert "diverged" in text and "fipa_rho1e-3" in text
