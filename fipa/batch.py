@@ -132,7 +132,7 @@ def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None
                 continue
             prepare_run_dir(Path(cell.output), cfg, supersede, cell.spec is not None, echo)
         except FipaError as e:
-            echo(f"{label}: error: {e}")
+            _failed(cell, make_log, echo, f"{label}: error: {e}")
             results[cell.output] = None
             continue
         todo.setdefault(cfg.device, []).append((cell, cfg, label))
@@ -154,10 +154,10 @@ def _run_jobs(jobs: list[tuple[Cell, Any, str]], make_log, echo, status, threads
                 sim = prepared(Simulation.build(cfg, device), threads)
                 loops.append((cell, label, RunLoop(sim, Path(cell.output), make_log(cell), label)))
             except FipaError as e:
-                echo(f"{label}: error: {e}")
+                _failed(cell, make_log, echo, f"{label}: error: {e}")
                 results[cell.output] = None
             except Exception:
-                echo(f"{label}: crashed:\n{traceback.format_exc()}")
+                _failed(cell, make_log, echo, f"{label}: crashed:\n{traceback.format_exc()}")
                 results[cell.output] = None
         label_of = {id(lp): label for _, label, lp in loops}
 
@@ -178,6 +178,13 @@ def _run_jobs(jobs: list[tuple[Cell, Any, str]], make_log, echo, status, threads
         if final is not None and cell.benchmark:
             write_benchmark(cell.benchmark, share, cpu_share)
     return results
+
+
+def _failed(cell: Cell, make_log, echo: Callable[[str], None], message: str) -> None:
+    """Report a failed cell on the batch's output and in the cell's own log (results/logs/...)."""
+    echo(message)
+    if cell.log:
+        make_log(cell)(message)
 
 
 def _alone(loop, echo: Callable[[str], None], label: str, on_done) -> dict | None:

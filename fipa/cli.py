@@ -162,8 +162,12 @@ def _flush_print(s: str) -> None:
 
 
 def _log_to(path: str):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a")  # noqa: SIM115 - lives as long as the job
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a")  # noqa: SIM115 - lives as long as the job
+    except OSError as e:
+        raise ConfigError(f"--log: cannot append to {path} ({e.strerror}); give a writable file path"
+                          ) from None
 
     def log(s: str) -> None:
         fh.write(s + "\n")
@@ -334,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except FipaError as e:
         print(f"fipa {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a vanished directory mid-run: name the file, no traceback
+        where = e.filename or "output"
+        print(f"fipa {args.command}: error: {where}: {e.strerror or e}; what was written before is kept "
+              "(rerun to resume from the last checkpoint)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -248,6 +248,10 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
     n_clients = _coerce(extra["clients"], int, "partition.clients")
     if n_clients < 1:
         raise ConfigError(f"partition.clients: must be >= 1, got {n_clients}")
+    n_samples = tasks.TASKS.get(task.name).sample_count(task.params)
+    if n_samples is not None and n_clients > n_samples:
+        raise ConfigError(f"partition.clients: {n_clients} clients but the task has {n_samples} training "
+                          "samples; use fewer clients or more samples")
 
     craw = raw["client"]
     if not isinstance(craw, dict):

@@ -113,3 +113,54 @@ def run_spec(config: dict[str, Any], cell: Cell, partition_file: str,
     if warmup_file is not None:
         spec["warmup_checkpoint"] = warmup_file
     return spec
+
+
+def check(config: dict[str, Any]) -> None:
+    """Validate the whole grid before any job runs: cross-references between the config's
+    sections, and every cell's (and warm-up's) run config with ``fipa train``'s own validator.
+
+    Raises one ConfigError whose message starts with the key's path in the workflow config
+    (``tasks.<task>.aggregators``, ``aggregators.<name>.rho``, ...).
+    """
+    from fipa.config import parse_run_config
+    from fipa.errors import ConfigError
+
+    seeds = config.get("seeds", [])
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: {seeds} repeats a seed; list each seed once")
+    for tname, t in config["tasks"].items():
+        for key, section in (("aggregators", "aggregators"), ("client_methods", "client_methods")):
+            for name in t.get(key) or []:
+                if name not in config[section]:
+                    raise ConfigError(f"tasks.{tname}.{key}: {name!r} is not defined under top-level "
+                                      f"{section} ({', '.join(config[section])})")
+        chosen = _selected(t, "aggregators", list(config["aggregators"]))
+        for name in t.get("aggregator_overrides") or {}:
+            if name not in chosen:
+                raise ConfigError(f"tasks.{tname}.aggregator_overrides.{name}: not an aggregator this "
+                                  f"task runs ({', '.join(chosen)})")
+        warm = t.get("warmup")
+        if warm:
+            for key, section in (("aggregator", "aggregators"), ("client_method", "client_methods")):
+                name = warm.get(key, "fedavg" if key == "aggregator" else "local")
+                if name not in config[section]:
+                    raise ConfigError(f"tasks.{tname}.warmup.{key}: {name!r} is not defined under "
+                                      f"top-level {section}")
+    checked: set[str] = set()
+    for cell in cells(config):
+        specs = [(f"tasks.{cell.task} cell {cell.run_id}", run_spec(config, cell, "", None))]
+        if "warmup" in config["tasks"][cell.task]:
+            specs.append((f"tasks.{cell.task}.warmup", warmup_spec(config, cell.task, cell.partition,
+                                                                 cell.seed, "")))
+        for where, spec in specs:
+            spec.pop("partition_file", None)
+            spec.pop("warmup_checkpoint", None)
+            spec.pop("labels", None)
+            key = repr(sorted((k, repr(v)) for k, v in spec.items() if k != "seed"))
+            if key in checked:  # seeds only change the seed: validated once
+                continue
+            checked.add(key)
+            try:
+                parse_run_config(spec, where)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None

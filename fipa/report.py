@@ -104,14 +104,17 @@ def load_curves(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def attach_knobs(summary: pd.DataFrame) -> pd.DataFrame:
-    """Add each run's aggregator settings (``agg_kind`` = the registered name, KNOBS) and its
-    setting (clients, participation, rounds) from the resolved config in final.json."""
+    """Add each run's aggregator settings (``agg_kind`` = the registered name, KNOBS, and FIPA's
+    ``memory``) and its setting (clients, participation, rounds, ``partition_scheme``,
+    ``partition_alpha``) from the resolved config in final.json."""
     rows = []
     for d in summary["run_dir"]:
         cfg = json.loads((Path(d) / "final.json").read_text()).get("config", {})
         agg, part = cfg.get("aggregator", {}), cfg.get("partition", {})
         row = {"agg_kind": agg.get("name"), "clients": part.get("clients"),
-               "participation": cfg.get("participation"), "rounds": cfg.get("rounds")}
+               "participation": cfg.get("participation"), "rounds": cfg.get("rounds"),
+               "partition_scheme": part.get("scheme"), "partition_alpha": part.get("alpha"),
+               "memory": agg.get("memory")}
         row.update({k: agg.get(k) for k in KNOBS})
         rows.append(row)
     knobs = pd.DataFrame(rows, index=summary.index)
@@ -659,8 +662,199 @@ def styled_final_table(summary: pd.DataFrame):
 # ----------------------------------------------------------------------------- the figures rule
 
 
+# ----------------------------------------------------------------------------- ablations
+
+# The knobs of config/ablations.yaml, in the order a task is searched for the one it sweeps.
+# rho: FIPA's damping, a fixed rho (0 = the paper's pinv) or the name of an adaptive rule;
+# clients and alpha are properties of the data split, so they vary across a task's partitions
+# (and FedAvg varies with them); rho and rank vary across aggregator variants of one partition.
+ABLATION_KNOBS = ("rho", "rank", "clients", "alpha")
+PARTITION_KNOBS = ("clients", "alpha")
+KNOB_LABELS = {"rho": "FIPA damping: fixed rho = lambda / lambda_max, or the adaptive rule",
+               "rank": "FIPA rank r per client", "clients": "clients M (domain split)",
+               "alpha": "Dirichlet label skew alpha (iid = alpha -> infinity)"}
+
+
+def knob_values(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per run (needs attach_knobs) the value of each ablation knob, read from the resolved config:
+    ``knob_rho``: a float for fixed damping (0.0 = undamped), else the rule's name ("adaptive");
+    ``knob_rank``: int; ``knob_clients``: int; ``knob_alpha``: the Dirichlet alpha, "iid" for an
+    iid split. None where a knob does not apply (FedAvg has no rho or rank)."""
+    rows = []
+    for r in summary.itertuples():
+        fipa = r.agg_kind == "fipa"
+        damping = r.damping if isinstance(r.damping, str) else "fixed"  # the dataclass default
+        rho = (float(r.rho) if damping == "fixed" else damping) if fipa else None
+        scheme, alpha = r.partition_scheme, None
+        if scheme == "iid":
+            alpha = "iid"
+        elif scheme in ("dirichlet", "dirichlet_balanced") and pd.notna(r.partition_alpha):
+            alpha = float(r.partition_alpha)
+        rows.append({"knob_rho": rho, "knob_rank": int(r.rank) if fipa and pd.notna(r.rank) else None,
+                     "knob_clients": int(r.clients) if pd.notna(r.clients) else None, "knob_alpha": alpha})
+    return pd.DataFrame(rows, index=summary.index, columns=[f"knob_{k}" for k in ABLATION_KNOBS],
+                        dtype=object)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def at_value(runs: pd.DataFrame, value) -> pd.DataFrame:
+    """The runs whose ``value`` column equals ``value`` (knob values mix numbers and names)."""
+    return runs[runs["value"].map(lambda x: not _missing(x) and x == value)]
+
+
+def knob_order(values) -> list:
+    """Distinct knob values in plotting order: numbers ascending, then names (adaptive, iid) as given."""
+    vals = [v for v in dict.fromkeys(values) if not _missing(v)]
+    nums = sorted(v for v in vals if isinstance(v, int | float) and not isinstance(v, bool))
+    return nums + [v for v in vals if isinstance(v, str)]
+
+
+def knob_text(value) -> str:
+    """A knob value as an axis label: 0, 1e-4, 0.05, 20, adaptive, iid."""
+    if isinstance(value, str):
+        return value
+    v = float(value)
+    if v == 0:
+        return "0"
+    e = math.log10(abs(v))
+    if v < 1e-2 and abs(e - round(e)) < 1e-9:
+        return f"1e{round(e)}"
+    return f"{v:g}"
+
+
+@dataclass
+class KnobPanel:
+    """One panel of an ablation figure: FIPA runs (``fipa``) whose knob takes the values
+    ``values`` (in order), each with a ``value`` column, with everything else fixed, and the FedAvg
+    runs of the same setting (``fedavg``; ``value`` None unless the knob is a partition property)."""
+
+    knob: str
+    task: str
+    title: str
+    metric: str
+    values: list
+    fipa: pd.DataFrame
+    fedavg: pd.DataFrame
+
+
+def _split_text(g: pd.DataFrame, with_size: bool = True) -> str:
+    scheme = g["partition_scheme"].iloc[0]
+    text = {"domain_split": "domain split", "iid": "iid"}.get(scheme, scheme)
+    if scheme in ("dirichlet", "dirichlet_balanced"):
+        text = f"Dirichlet alpha {g['partition_alpha'].iloc[0]:g}"
+    return f"{text}, M = {int(g['clients'].iloc[0])}" if with_size else text
+
+
+def _participation_text(g: pd.DataFrame) -> str:
+    p = g["participation"].iloc[0]
+    return f"participation {1.0 if pd.isna(p) else float(p):g}"
+
+
+def ablation_panels(summary: pd.DataFrame, reference: pd.DataFrame | None = None) -> list[KnobPanel]:
+    """The knob sweeps of an ablation run (needs attach_knobs). Per task, the first knob of
+    ABLATION_KNOBS that takes two values or more among the task's FIPA runs of one partition (rho,
+    rank) or across its partitions (clients, alpha); one panel per partition (or per task) and
+    client method. FedAvg runs come from the same task, else from ``reference`` (the main grid)."""
+    if summary.empty or "agg_kind" not in summary:
+        return []
+    runs = summary.join(knob_values(summary))
+    ref = None
+    if reference is not None and not reference.empty and "agg_kind" in reference:
+        ref = reference.join(knob_values(reference))
+    panels = []
+    for task, t in runs.groupby("task", sort=False):
+        fipa = t[t["agg_kind"] == "fipa"]
+        for knob in ABLATION_KNOBS:
+            col = f"knob_{knob}"
+            keys = ["client_method"] if knob in PARTITION_KNOBS else ["partition", "client_method"]
+            found = []
+            for key, g in fipa.groupby(keys, sort=False):
+                if len(knob_order(g[col])) < 2:
+                    continue
+                key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+                avg = t[(t["aggregator"] == "fedavg") & (t[list(key)] == pd.Series(key)).all(axis=1)]
+                if avg.empty and ref is not None:
+                    avg = ref[(ref["task"] == task) & (ref["aggregator"] == "fedavg")
+                              & (ref[list(key)] == pd.Series(key)).all(axis=1)]
+                setting = (_split_text(g, with_size=knob != "clients") if knob not in ("alpha",)
+                           else f"M = {int(g['clients'].iloc[0])}")
+                where = f"{task}" if knob in PARTITION_KNOBS else f"{task} / {key['partition']}"
+                title = f"{where}: {setting}, {_participation_text(g)}"
+                if key["client_method"] != "local":
+                    title += f", {key['client_method']}"
+                vals = knob_order(g[col])
+                fedavg_vals = (avg[col] if knob in PARTITION_KNOBS
+                               else pd.Series(None, index=avg.index, dtype=object))
+                found.append(KnobPanel(knob, task, title, g["primary_metric"].iloc[0], vals,
+                                       g.assign(value=g[col]), avg.assign(value=fedavg_vals)))
+            if found:
+                panels += found
+                break
+    return panels
+
+
+def is_ablation_run(summary: pd.DataFrame) -> bool:
+    """Whether ``summary`` is an ablation run (config/ablations.yaml): every task sweeps a knob."""
+    if summary.empty or "agg_kind" not in summary:
+        return False
+    swept = {p.task for p in ablation_panels(summary)}
+    return bool(swept) and swept == set(summary["task"])
+
+
+def knob_table(panels: list[KnobPanel]) -> pd.DataFrame:
+    """Per panel and knob value: FIPA's final metric (mean, sd over the seeds that did not diverge,
+    n, diverged count), FedAvg's at the same setting, and ``error_ratio`` = FIPA's mean error over
+    FedAvg's (an accuracy enters as its error rate 1 - acc; below 1: FIPA better)."""
+    rows = []
+    for p in panels:
+        col = f"final_{p.metric}"
+        for v in p.values:
+            f = at_value(p.fipa, v)
+            a = at_value(p.fedavg, v) if p.knob in PARTITION_KNOBS else p.fedavg
+            fs = cell_stats(f[col].astype(float), f["diverged"].astype(bool))
+            as_ = cell_stats(a[col].astype(float), a["diverged"].astype(bool))
+            ef, ea = error_of(fs["mean"], p.metric), error_of(as_["mean"], p.metric)
+            rows.append({"knob": p.knob, "panel": p.title, "value": knob_text(v), "metric": p.metric,
+                         "fipa_mean": fs["mean"], "fipa_sd": fs["sd"], "n": fs["n"],
+                         "diverged": fs["diverged"],
+                         "fedavg_mean": as_["mean"], "fedavg_sd": as_["sd"],
+                         "error_ratio": ef / ea if ea > 0 and np.isfinite([ef, ea]).all() else math.nan})
+    return pd.DataFrame(rows)
+
+
+def load_ablations(results: str | Path) -> pd.DataFrame:
+    """The ablation runs beside the results in ``results`` (with attach_knobs), or an empty frame.
+
+    ``make ablations`` runs the workflow in results/ablations (``snakemake --directory``), so
+    its summary is results/ablations/results/summary.csv with run directories relative to
+    results/ablations; a hand-made results/ablations/summary.csv (run directories relative to
+    the working directory) or bare run directories under results/ablations/runs are read too."""
+    root = Path(results) / "ablations"
+    for summary_csv, base in ((root / "results" / "summary.csv", root), (root / "summary.csv", None)):
+        if summary_csv.is_file():
+            s = pd.read_csv(summary_csv)
+            if base is not None:
+                s["run_dir"] = [d if Path(d).is_absolute() else str(base / d) for d in s["run_dir"]]
+            return attach_knobs(s) if not s.empty else s
+    dirs = [d for d in (root / "results" / "runs", root / "runs") if d.is_dir()]
+    s = collect(dirs) if dirs else pd.DataFrame()
+    return attach_knobs(s) if not s.empty else s
+
+
+def knob_figures(panels: list[KnobPanel]) -> dict[str, object]:
+    """{knob: figure} with one panel per KnobPanel, knobs in ABLATION_KNOBS order."""
+    from fipa import report_plots as rp
+
+    return {k: rp.knob_figure([p for p in panels if p.knob == k], KNOB_LABELS[k])
+            for k in ABLATION_KNOBS if any(p.knob == k for p in panels)}
+
+
 def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
-    """Convergence and final-metric figures for every task x partition in the summary."""
+    """Convergence and final-metric figures for every task x partition in the summary; for an
+    ablation run (is_ablation_run) also ``knob_<knob>`` figures, the metric against each knob."""
     from fipa import report_plots as rp
 
     summary = pd.read_csv(summary_csv)
@@ -674,6 +868,10 @@ def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
         written += rp.save_figure(rp.convergence_figure(c, metric, title),
                                   outdir / f"convergence_{task}_{part}")
         written += rp.save_figure(rp.final_figure(g, metric, title), outdir / f"final_{task}_{part}")
+    knobs = attach_knobs(summary) if not summary.empty else summary
+    if is_ablation_run(knobs):  # an ablation run (config/ablations.yaml): metric against each knob
+        for knob, fig in knob_figures(ablation_panels(knobs)).items():
+            written += rp.save_figure(fig, outdir / f"knob_{knob}")
     return written
 
 

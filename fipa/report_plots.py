@@ -278,6 +278,84 @@ def sweep_figure(runs: pd.DataFrame, knob: str, reference: pd.DataFrame, metric:
     return fig
 
 
+def _knob_positions(values: list) -> tuple[dict, bool]:
+    """x position of each knob value and whether the axis is logarithmic: numbers spanning a
+    decade or more on a log axis (rank 1-20), anything else evenly spaced in the given order
+    (rho 0, 1e-5, ..., adaptive; alpha 0.05, ..., iid; clients 2, 4, 8, 16)."""
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if numeric and all(float(v) > 0 for v in values) and max(values) / min(values) >= 10:
+        return {v: float(v) for v in values}, True
+    return {v: float(i) for i, v in enumerate(values)}, False
+
+
+def knob_panel(ax, panel) -> None:
+    """One ablation panel (a fipa.report.KnobPanel) on ``ax``: FIPA's final metric against the knob,
+    mean +- sd over the seeds that did not diverge (dots = seeds); diverged seeds are counted above
+    the axis and never averaged (a knob value where every seed diverged shows only the count and a
+    cross on the top edge). FedAvg is the dashed reference: a line with its +-sd band where FedAvg
+    does not depend on the knob (rho, rank), else mean +- sd at each value (clients, alpha)."""
+    from fipa.report import at_value, knob_text
+
+    col = f"final_{panel.metric}"
+    pos, logx = _knob_positions(panel.values)
+    fipa_style, avg_color = palette.style("fipa"), palette.color("fedavg")
+    runs = panel.fipa.assign(x=panel.fipa["value"].map(lambda v: pos.get(v, np.nan)))
+    div = runs["diverged"].astype(bool)
+    ok = runs[~div & np.isfinite(runs[col].astype(float))]
+    _tag(ax.scatter(ok["x"], ok[col], color=fipa_style.color, alpha=0.45, s=16, lw=0), "fipa")
+    stats = ok.groupby("x")[col].agg(["mean", "std"]).reindex([pos[v] for v in panel.values])
+    eb = ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), color=fipa_style.color,
+                     marker=fipa_style.marker, capsize=3, label="FIPA: mean \u00b1 sd over seeds")
+    _tag([eb.lines[0], *eb.lines[1], *eb.lines[2]], "fipa")
+    for v in panel.values:
+        at = at_value(runs, v)
+        ndiv = int(at["diverged"].astype(bool).sum())
+        if ndiv:
+            ax.annotate(f"{ndiv}/{len(at)}\ndiverged", (pos[v], 1.0), xycoords=("data", "axes fraction"),
+                        ha="center", va="bottom", fontsize=8, color=fipa_style.color)
+        if ndiv and ndiv == len(at):
+            _tag(ax.scatter([pos[v]], [0.97], marker="x", s=60, color=fipa_style.color,
+                            transform=ax.get_xaxis_transform(), clip_on=False,
+                            label="FIPA diverged (not averaged)"), "fipa")
+    ref = panel.fedavg[~panel.fedavg["diverged"].astype(bool)]
+    if ref["value"].notna().any():  # FedAvg changes with the knob (a property of the data split)
+        ref = ref.assign(x=ref["value"].map(lambda v: pos.get(v, np.nan))).dropna(subset=["x"])
+        rs = ref.groupby("x")[col].agg(["mean", "std"]).sort_index()
+        eb = ax.errorbar(rs.index, rs["mean"], yerr=rs["std"].fillna(0), color=avg_color, ls="--",
+                         marker=palette.style("fedavg").marker, capsize=3, label="FedAvg: mean \u00b1 sd")
+        _tag([eb.lines[0], *eb.lines[1], *eb.lines[2]], "fedavg")
+    elif len(ref):
+        m = float(ref[col].astype(float).mean())
+        _tag(ax.axhline(m, color=avg_color, ls="--", label="FedAvg: mean \u00b1 sd (band)"), "fedavg")
+        if len(ref) > 1:
+            sd = float(ref[col].astype(float).std(ddof=1))
+            _tag(ax.axhspan(m - sd, m + sd, color=avg_color, alpha=0.12, lw=0), "fedavg")
+    shown = pd.concat([ok[col], ref[col]]).astype(float)
+    log = direction_of(panel.metric) == "min" and _positive(shown)
+    if logx:
+        ax.set_xscale("log")
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        ax.xaxis.set_major_locator(FixedLocator([pos[v] for v in panel.values]))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks([pos[v] for v in panel.values], [knob_text(v) for v in panel.values])
+    if log:
+        plain_log(ax)
+    ax.set_ylabel(_ylabel(panel.metric, log))
+    ax.set_title(panel.title, fontsize=10, pad=22)
+
+
+def knob_figure(panels: list, xlabel: str) -> Figure:
+    """An ablation figure: one knob_panel per fipa.report.KnobPanel (two per row), one legend."""
+    _style()
+    fig, axs = _panels(len(panels), width=5.2, height=3.9, wrap=2)
+    for ax, p in zip(axs, panels, strict=True):
+        knob_panel(ax, p)
+        ax.set_xlabel(xlabel, fontsize=9)
+    _legend(fig, axs, title="")
+    return fig
+
+
 def partition_panel(partition_json: str | Path, ax) -> None:
     """Client sizes and label histograms (if any) of one partition file, on ``ax``."""
     import seaborn as sns

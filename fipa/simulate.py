@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -106,6 +107,7 @@ def prepare_run_dir(outdir: Path, cfg: RunConfig, supersede: bool, record_config
     closes), remove temp files of killed writers, move a run of another config aside
     (``supersede``) and write the resolved config as ``run.yaml`` (``record_config``: it came
     inline, not as a file)."""
+    check_writable(outdir)
     if outdir.is_dir():  # a new directory is created (and locked) only once training starts
         RunDirLock(outdir).acquire()
         remove_stale_temps(outdir)
@@ -117,6 +119,19 @@ def prepare_run_dir(outdir: Path, cfg: RunConfig, supersede: bool, record_config
         from fipa.io import write_yaml
 
         write_yaml(outdir / "run.yaml", cfg.to_dict())
+
+
+def check_writable(outdir: Path) -> None:
+    """Fail before any training if ``outdir`` cannot hold a run: a file is in the way, or it (or
+    the nearest existing folder above it) is not writable."""
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigError(f"{outdir}: is a file, not a run directory; choose another -o/--output")
+    probe = outdir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{outdir}: cannot write there ({probe} is not a writable directory); "
+                          "choose another -o/--output or fix its permissions")
 
 
 def derive_seed(*keys: int) -> int:

@@ -34,6 +34,12 @@ class Task(ABC):
         self.seed = seed
         self.dtype = dtype
 
+    @classmethod
+    def sample_count(cls, params: Any) -> int | None:
+        """Training samples the task will have under ``params``, when known without building it
+        (lets a config with more clients than samples fail before any job runs); None: unknown."""
+        return None
+
     @abstractmethod
     def partition_input(self) -> PartitionInput:
         """Sample count, coordinates and labels of the training pool, for the split."""

@@ -112,6 +112,10 @@ class Regression(Task):
     # from fipa.vectorized.stacked_model): the vectorized path then needs no vmap
     stacks_clients = True
 
+    @classmethod
+    def sample_count(cls, params) -> int:
+        return params.n_train
+
     def __init__(self, params: RegressionParams, seed: int, dtype: torch.dtype) -> None:
         super().__init__(params, seed, dtype)
         self.target = TARGETS.get(params.target, key="task.target")

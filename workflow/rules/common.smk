@@ -5,6 +5,7 @@ import os
 
 import fipa.grid as grid
 
+grid.check(config)  # every cell validated as `fipa train` would, before any job runs
 CELLS = grid.cells(config)
 SUMMARY = "results/summary.csv"
 FIGURES = "results/figures"

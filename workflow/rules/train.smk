@@ -19,9 +19,9 @@ rule warmup:
     conda:
         CONDA_ENV
     shell:
-        "fipa train --spec {params.spec:q} -o {params.rundir} --supersede --threads {threads} --log {log} -q"
-        " 2>> {log}"
-        " && fipa export-warmup {params.rundir} -o {output} >> {log} 2>&1"
+        "fipa train --spec {params.spec:q} -o {params.rundir:q} --supersede --threads {threads} --log {log:q} -q"
+        " 2>> {log:q}"
+        " && fipa export-warmup {params.rundir:q} -o {output:q} >> {log:q} 2>&1"
 
 
 rule train:
@@ -48,8 +48,8 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "fipa train --spec {params.spec:q} -o {params.outdir} --supersede --threads {threads} --log {log}"
-        " --label {params.label} --grid-total {params.total} --grid-root results/runs 2>> {log}"
+        "fipa train --spec {params.spec:q} -o {params.outdir:q} --supersede --threads {threads} --log {log:q}"
+        " --label {params.label:q} --grid-total {params.total} --grid-root results/runs 2>> {log:q}"
 
 
 rule train_batch:
@@ -72,5 +72,5 @@ rule train_batch:
     conda:
         CONDA_ENV
     shell:
-        "fipa train-batch --cells {params.cells:q} --summary {output} --supersede --threads {threads}"
-        " --grid-total {params.total} --grid-root results/runs 2>> {log}"
+        "fipa train-batch --cells {params.cells:q} --summary {output:q} --supersede --threads {threads}"
+        " --grid-total {params.total} --grid-root results/runs 2>> {log:q}"
