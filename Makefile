@@ -14,6 +14,7 @@ help:
 	@echo "make test-slow   also run the slow paper-scale tests"
 	@echo "make test-cluster  run the workflow on a throw-away single-node SLURM (root; about 4 min)"
 	@echo "make dry-run     list the jobs the default reproduction would run"
+	@echo "make resume      after an interruption: unlock (only if no other Snakemake runs here), rerun incomplete jobs"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,15 @@ ablations: $(STAMP)
 	mkdir -p results/ablations
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --snakefile $(CURDIR)/workflow/Snakefile \
 		--configfile $(CURDIR)/config/ablations.yaml --directory results/ablations $(SNAKEFLAGS)
+
+# after a kill: the lock and the half-written outputs of the killed jobs stay behind. Unlock only
+# when no other Snakemake works in this directory (fipa/guard.py), then rerun what is incomplete;
+# every training job resumes from its last checkpoint.
+resume: $(STAMP)
+	$(BIN)/python -m fipa.guard .
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --unlock --configfile config/config.yaml $(SNAKEFLAGS)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml \
+		--rerun-incomplete $(SNAKEFLAGS)
 
 dry-run: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --quiet rules --configfile config/config.yaml $(SNAKEFLAGS)

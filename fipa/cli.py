@@ -179,7 +179,7 @@ def _log_to(path: str):
 def cmd_collect(args: argparse.Namespace) -> None:
     from fipa.report import collect
 
-    df = collect(args.runs, args.output)
+    df = collect(args.runs, args.output, superseded=args.superseded)
     if df.empty:
         raise ConfigError(f"no run directories with final.json under {', '.join(args.runs)}")
     print(f"wrote {args.output}: {len(df)} runs")
@@ -236,9 +236,28 @@ def cmd_export_warmup(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: theta after round {rnd} ({theta.numel()} parameters)")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Appends an option's default to its help, unless the help already states one or the
+    default is an empty value (None, False, 0 for counts that mean "off")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        empty = action.default in (None, False, argparse.SUPPRESS)
+        if "default" in text or empty or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fipa", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def with_defaults(name: str, **kw):
+        # every subcommand: its help as description, and each option's default in its help
+        return add_parser(name, description=kw.get("help"), formatter_class=_DefaultsShown, **kw)
+
+    sub.add_parser = with_defaults  # type: ignore[method-assign]
 
     s = sub.add_parser("list", help="every registered aggregator, client method, task, scheme")
     s.set_defaults(func=cmd_list)
@@ -292,28 +311,31 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("collect", help="all run dirs -> summary.csv")
     s.add_argument("runs", nargs="*", default=["results/runs"],
                    help="run directories, or roots searched for final.json")
-    s.add_argument("-o", "--output", default="results/summary.csv")
+    s.add_argument("-o", "--output", default="results/summary.csv", help="summary table to write (CSV)")
+    s.add_argument("--superseded", action="store_true",
+                   help="also collect runs kept aside in superseded/ folders (earlier configs)")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("figures", help="convergence and summary figures")
-    s.add_argument("--summary", default="results/summary.csv")
-    s.add_argument("-o", "--outdir", default="results/figures")
+    s.add_argument("--summary", default="results/summary.csv", help="summary table from `fipa collect`")
+    s.add_argument("-o", "--outdir", default="results/figures", help="folder for the PNG and PDF figures")
     s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("report", help="execute the report notebook (papermill) and export HTML")
-    s.add_argument("--notebook", default="notebooks/report.ipynb")
+    s.add_argument("--notebook", default="notebooks/report.ipynb", help="the parameterized report notebook")
     s.add_argument("--results", default="results", help="results directory the notebook reads")
-    s.add_argument("-o", "--output", default="results/report.ipynb")
-    s.add_argument("--html", default="results/report.html")
+    s.add_argument("-o", "--output", default="results/report.ipynb", help="executed notebook to write")
+    s.add_argument("--html", default="results/report.html", help="HTML export of the executed notebook")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("download", help="fetch a vision data set (needs the internet)")
-    s.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet", "tiny-imagenet"])
+    s.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet", "tiny-imagenet"],
+                   help="the data set to fetch")
     s.add_argument("--root", default="data", help="data directory (the task's root)")
     s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("prepare", help="arrange a downloaded data set for the vision task")
-    s.add_argument("dataset", choices=["tiny-imagenet"])
+    s.add_argument("dataset", choices=["tiny-imagenet"], help="the data set to arrange")
     s.add_argument("path", help="the extracted tiny-imagenet-200 folder")
     s.add_argument("--root", default="data", help="data directory (the task's root)")
     s.set_defaults(func=cmd_prepare)

@@ -51,8 +51,9 @@ class ReportError(FipaError):
 # ----------------------------------------------------------------------------- collecting runs
 
 
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories (holding final.json) under or at the given paths, sorted."""
+def find_runs(paths: Iterable[str | Path], superseded: bool = False) -> list[Path]:
+    """Run directories (holding final.json) under or at the given paths, sorted; runs kept aside
+    in a ``superseded/`` folder (an earlier config's) only when ``superseded``."""
     found: set[Path] = set()
     for p in map(Path, paths):
         if (p / "final.json").is_file():
@@ -60,13 +61,32 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         elif p.is_file() and p.name == "final.json":
             found.add(p.parent)
         elif p.is_dir():
-            found.update(f.parent for f in p.rglob("final.json") if "superseded" not in f.parts)
+            found.update(f.parent for f in p.rglob("final.json")
+                         if superseded or "superseded" not in f.relative_to(p).parts)
     return sorted(found)
+
+
+def read_final(run_dir: Path) -> dict:
+    """A run's final.json, or one ConfigError naming the file and what is wrong with it."""
+    from fipa.errors import ConfigError
+
+    path = run_dir / "final.json"
+    try:
+        final = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); rerun that run "
+                          "(its checkpoint resumes it) or move the directory away") from None
+    missing = [k for k in (*ID_COLUMNS, "rounds_completed", "diverged", "primary_metric", "final", "best",
+                           "uplink_bytes_total", "wall_s", "num_params") if k not in final]
+    if missing:
+        raise ConfigError(f"{path}: lacks {', '.join(missing)}; not a final.json written by `fipa train` "
+                          "(rerun that run)")
+    return final
 
 
 def summary_row(run_dir: Path) -> dict:
     """One summary row from a run's final.json."""
-    final = json.loads((run_dir / "final.json").read_text())
+    final = read_final(run_dir)
     row = {k: final[k] for k in ID_COLUMNS}
     row.update({
         "task_family": final.get("task_family", final["task"]),
@@ -81,9 +101,10 @@ def summary_row(run_dir: Path) -> dict:
     return row
 
 
-def collect(paths: Iterable[str | Path], output: str | Path | None = None) -> pd.DataFrame:
+def collect(paths: Iterable[str | Path], output: str | Path | None = None,
+            superseded: bool = False) -> pd.DataFrame:
     """All runs -> one row each (ID columns, outcome, final and best metrics)."""
-    rows = [summary_row(d) for d in find_runs(paths)]
+    rows = [summary_row(d) for d in find_runs(paths, superseded)]
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(ID_COLUMNS, kind="stable").reset_index(drop=True)
@@ -720,7 +741,7 @@ def knob_text(value) -> str:
     if v == 0:
         return "0"
     e = math.log10(abs(v))
-    if v < 1e-2 and abs(e - round(e)) < 1e-9:
+    if v <= 1e-2 and abs(e - round(e)) < 1e-9:
         return f"1e{round(e)}"
     return f"{v:g}"
 

@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fipa import palette
-from fipa.report import METRIC_LABELS, direction_of, paired_effects
+from fipa.report import METRIC_LABELS, at_value, direction_of, knob_text, paired_effects
 
 GID = "agg:"
 
@@ -294,8 +294,6 @@ def knob_panel(ax, panel) -> None:
     the axis and never averaged (a knob value where every seed diverged shows only the count and a
     cross on the top edge). FedAvg is the dashed reference: a line with its +-sd band where FedAvg
     does not depend on the knob (rho, rank), else mean +- sd at each value (clients, alpha)."""
-    from fipa.report import at_value, knob_text
-
     col = f"final_{panel.metric}"
     pos, logx = _knob_positions(panel.values)
     fipa_style, avg_color = palette.style("fipa"), palette.color("fedavg")

@@ -13,7 +13,9 @@ RUN_DIR = "results/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
 PART_FILE = "results/partitions/{task}/{partition}/seed{seed}.json"
 BATCH_FILE = "results/batches/{task}/{partition}/{method}.json"
 CONDA_ENV = "../envs/fipa.yaml"
-NOTEBOOK = os.path.join(workflow.basedir, "..", "notebooks", "report.ipynb")
+# relative to the working directory: an absolute path in a rule input would make a moved or
+# re-cloned checkout rerun the report (the repository root, or results/ablations for --directory)
+NOTEBOOK = os.path.relpath(os.path.join(workflow.basedir, "..", "notebooks", "report.ipynb"))
 
 
 wildcard_constraints:
