@@ -36,6 +36,11 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{title}: {', '.join(reg.names())}")
 
 
+def wants_progress_bar(stream, env) -> bool:
+    """A progress bar only for a person at a terminal: never in logs, pipes or CI (CI=true)."""
+    return bool(getattr(stream, "isatty", lambda: False)()) and env.get("CI", "").lower() not in ("1", "true")
+
+
 def _run_config(args: argparse.Namespace):
     """The job's RunConfig from ``-c FILE`` or from ``--spec TEXT`` (the workflow passes the
     spec inline so that Snakemake's params trigger, not a spec file per job, tracks changes)."""
@@ -115,7 +120,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     label = args.label or f"[{cfg.task.name}/{cfg.partition.name}/{cfg.client.method}/" \
         f"{cfg.aggregator.name} seed {cfg.seed}]"
     log = _log_to(args.log) if args.log else (lambda s: None) if args.quiet else _flush_print
-    final = train(cfg, args.output, log=log, label=label, threads=args.threads)
+    bar = None
+    if wants_progress_bar(sys.stdout, os.environ) and not (args.log or args.quiet or args.grid_total):
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.rounds, desc=label, unit="round", dynamic_ncols=True)
+        log = bar.write  # progress lines above the bar, not through it
+    try:
+        final = train(cfg, args.output, log=log, label=label, threads=args.threads,
+                      on_round=None if bar is None else lambda rnd, _: bar.update(rnd - bar.n))
+    finally:
+        if bar is not None:
+            bar.close()
     if args.grid_total:
         from fipa.progress import status_line
 

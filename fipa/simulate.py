@@ -442,15 +442,18 @@ def load_warmup(path: str, like: torch.Tensor, like_buffers: dict[str, torch.Ten
 
 def train(
     cfg: RunConfig, outdir: str | Path, log: Callable[[str], None] = print, label: str = "",
-    threads: int | None = None,
+    threads: int | None = None, on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) one job into ``outdir``; returns the final summary (final.json).
 
-    ``threads`` (``fipa train --threads``) overrides the config's ``threads`` setting.
+    ``threads`` (``fipa train --threads``) overrides the config's ``threads`` setting;
+    ``on_round(round, rounds)`` is called after every round (a terminal's progress bar).
     """
     with devices.claim(cfg.device) as device:
         sim = prepared(Simulation.build(cfg, device), threads)
-        return _train(sim, Path(outdir), log, label)
+        loop = RunLoop(sim, Path(outdir), log, label)
+        loop.on_round = on_round
+        return train_lockstep([loop])[0]
 
 
 def prepared(sim: Simulation, threads: int | None) -> Simulation:
@@ -458,10 +461,6 @@ def prepared(sim: Simulation, threads: int | None) -> Simulation:
     sim.threads = choose_threads(threads or sim.cfg.threads, sim.step_work())
     apply_threads(sim.threads)
     return sim
-
-
-def _train(sim: Simulation, outdir: Path, log: Callable[[str], None], label: str) -> dict[str, Any]:
-    return train_lockstep([RunLoop(sim, outdir, log, label)])[0]
 
 
 def train_lockstep(loops: list[RunLoop], on_done: Callable[[RunLoop, dict[str, Any]], None] | None = None,
@@ -532,6 +531,7 @@ class RunLoop:
 
     def __init__(self, sim: Simulation, outdir: Path, log: Callable[[str], None], label: str) -> None:
         self.sim, self.outdir, self.log, self.label = sim, outdir, log, label
+        self.on_round: Callable[[int, int], None] | None = None  # after every round (progress bars)
         cfg = sim.cfg
         self.fp = fingerprint(cfg)
         self.ckpt = outdir / CHECKPOINT
@@ -613,6 +613,8 @@ class RunLoop:
             state.wall_s = time.perf_counter() - self.t0
             save_checkpoint(self.ckpt, state, self.fp)
             write_csv(self.outdir / "metrics.csv", state.rows, self.columns)
+        if self.on_round is not None:
+            self.on_round(rnd, cfg.rounds)
 
     def blew_up(self, metrics: dict[str, float]) -> bool:
         """Whether the training loss passed ``divergence_factor`` x the initial one (finite blow-up)."""

@@ -181,3 +181,21 @@ def test_13_end_of_run_line_is_readable(tmp_path, capsys):
                      "--threads", "1"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "done: 1 rounds" in last and "test_mse" in last and "{" not in last
+
+
+def test_14_progress_bar_only_at_a_terminal_outside_ci(tmp_path):
+    from fipa.cli import wants_progress_bar
+    from fipa.config import parse_run_config
+    from fipa.simulate import train
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    assert wants_progress_bar(Tty(), {}) and not wants_progress_bar(Tty(), {"CI": "true"})
+    with open(os.devnull, "w") as log_file:  # a log file or pipe: plain lines
+        assert not wants_progress_bar(log_file, {})
+    seen = []
+    train(parse_run_config(tiny(rounds=3)), tmp_path / "r", log=lambda s: None,
+          on_round=lambda rnd, total: seen.append((rnd, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
