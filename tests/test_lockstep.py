@@ -37,10 +37,15 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+ADAPTIVE = {"name": "fipa", "rho": 1e-3, "rank": 4, "damping": "adaptive", "memory": "curvature",
+            "truncation": 0.1}
+
+
 def grid(base: dict, seeds=(0, 1)) -> list[dict]:
-    """Every aggregator x seeds of ``base`` (the cells of one batch job)."""
-    return [{**base, "seed": s, "aggregator": {"name": a, **AGG_PARAMS.get(a, {})}}
-            for a in AGGREGATORS.names() for s in seeds]
+    """Every aggregator (and FIPA's adaptive damping with curvature memory, whose server state
+    grows over the rounds) x seeds of ``base``: the cells of one batch job."""
+    aggs = [{"name": a, **AGG_PARAMS.get(a, {})} for a in AGGREGATORS.names()] + [ADAPTIVE]
+    return [{**base, "seed": s, "aggregator": agg} for agg in aggs for s in seeds]
 
 
 def metrics(path) -> np.ndarray:
@@ -66,7 +71,7 @@ def test_cells_stack_into_one_group_per_round(tmp_path):
              for i, c in enumerate(cfgs)]
     groups = _lockstep_groups(loops)
     sizes = sorted(len(g) for g in groups)
-    federated = 3 * (len(AGGREGATORS.names()) - 1)
+    federated = 3 * len(AGGREGATORS.names())  # every aggregator but centralized, plus ADAPTIVE
     assert sizes == [1, 1, 1, 1, federated]  # 3 centralized seeds and the SCAFFOLD cell alone
 
 
