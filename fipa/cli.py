@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from fipa.config import ConfigError
-from fipa.errors import FipaError
+from fipa.errors import ConfigError, FipaError
 
 
 def cmd_list(args: argparse.Namespace) -> None:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fipa.config import ClientConfig, ConfigError
+from fipa.client_config import ClientConfig
+from fipa.errors import ConfigError
 from fipa.losses import mean_loss, per_sample_loss
 from fipa.optim import OPTIMIZERS, Optimizer
 from fipa.params import ParamLayout

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fipa.config import ConfigError
+from fipa.errors import ConfigError
 from fipa.registry import Registry
 
 

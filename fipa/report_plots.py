@@ -288,22 +288,42 @@ def _knob_positions(values: list) -> tuple[dict, bool]:
     return {v: float(i) for i, v in enumerate(values)}, False
 
 
+def seed_spread(values, log: bool) -> tuple[float, float, float]:
+    """(centre, low, high) of the finite ``values`` of one setting over seeds: mean -+ sd, or on a
+    log axis the geometric mean x/÷ the geometric sd (mean -+ sd of the logs), which stays positive."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return (np.nan, np.nan, np.nan)
+    x = np.log(v) if log else v
+    m, sd = float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    return tuple(np.exp([m, m - sd, m + sd])) if log else (m, m - sd, m + sd)
+
+
+def _spread_bars(ax, xs, groups, log: bool, **kw):
+    """An errorbar from seed_spread of each group of values at the positions ``xs``."""
+    c, lo, hi = np.array([seed_spread(g, log) for g in groups]).reshape(-1, 3).T
+    return ax.errorbar(xs, c, yerr=np.nan_to_num([c - lo, hi - c]), capsize=3, **kw)
+
+
 def knob_panel(ax, panel) -> None:
-    """One ablation panel (a fipa.report.KnobPanel) on ``ax``: FIPA's final metric against the knob,
-    mean +- sd over the seeds that did not diverge (dots = seeds); diverged seeds are counted above
-    the axis and never averaged (a knob value where every seed diverged shows only the count and a
-    cross on the top edge). FedAvg is the dashed reference: a line with its +-sd band where FedAvg
-    does not depend on the knob (rho, rank), else mean +- sd at each value (clients, alpha)."""
+    """One ablation panel (a fipa.report.KnobPanel) on ``ax``: FIPA's final metric against the knob
+    over seeds (dots = seeds; bars: mean +- sd, on a log axis geometric mean x/÷ geometric sd);
+    diverged seeds are counted above the axis and never averaged (a knob value where every seed
+    diverged shows only the count and a cross on the top edge). FedAvg is the dashed reference: a
+    line with its band where FedAvg does not depend on the knob (rho, rank), else bars at each
+    value (clients, alpha)."""
     col = f"final_{panel.metric}"
     pos, logx = _knob_positions(panel.values)
     fipa_style, avg_color = palette.style("fipa"), palette.color("fedavg")
     runs = panel.fipa.assign(x=panel.fipa["value"].map(lambda v: pos.get(v, np.nan)))
-    div = runs["diverged"].astype(bool)
-    ok = runs[~div & np.isfinite(runs[col].astype(float))]
+    ok = runs[~runs["diverged"].astype(bool) & np.isfinite(runs[col].astype(float))]
+    ref = panel.fedavg[~panel.fedavg["diverged"].astype(bool)]
+    log = direction_of(panel.metric) == "min" and _positive(pd.concat([ok[col], ref[col]]))
+    spread = "geometric mean \u00d7/\u00f7 sd" if log else "mean \u00b1 sd"
     _tag(ax.scatter(ok["x"], ok[col], color=fipa_style.color, alpha=0.45, s=16, lw=0), "fipa")
-    stats = ok.groupby("x")[col].agg(["mean", "std"]).reindex([pos[v] for v in panel.values])
-    eb = ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), color=fipa_style.color,
-                     marker=fipa_style.marker, capsize=3, label="FIPA: mean \u00b1 sd over seeds")
+    eb = _spread_bars(ax, [pos[v] for v in panel.values], [at_value(ok, v)[col] for v in panel.values], log,
+                      color=fipa_style.color, marker=fipa_style.marker, label=f"FIPA: {spread} over seeds")
     _tag([eb.lines[0], *eb.lines[1], *eb.lines[2]], "fipa")
     for v in panel.values:
         at = at_value(runs, v)
@@ -315,21 +335,17 @@ def knob_panel(ax, panel) -> None:
             _tag(ax.scatter([pos[v]], [0.97], marker="x", s=60, color=fipa_style.color,
                             transform=ax.get_xaxis_transform(), clip_on=False,
                             label="FIPA diverged (not averaged)"), "fipa")
-    ref = panel.fedavg[~panel.fedavg["diverged"].astype(bool)]
     if ref["value"].notna().any():  # FedAvg changes with the knob (a property of the data split)
-        ref = ref.assign(x=ref["value"].map(lambda v: pos.get(v, np.nan))).dropna(subset=["x"])
-        rs = ref.groupby("x")[col].agg(["mean", "std"]).sort_index()
-        eb = ax.errorbar(rs.index, rs["mean"], yerr=rs["std"].fillna(0), color=avg_color, ls="--",
-                         marker=palette.style("fedavg").marker, capsize=3, label="FedAvg: mean \u00b1 sd")
+        vals = [v for v in panel.values if len(at_value(ref, v))]
+        eb = _spread_bars(ax, [pos[v] for v in vals], [at_value(ref, v)[col] for v in vals], log,
+                          color=avg_color, ls="--", marker=palette.style("fedavg").marker,
+                          label=f"FedAvg: {spread}")
         _tag([eb.lines[0], *eb.lines[1], *eb.lines[2]], "fedavg")
     elif len(ref):
-        m = float(ref[col].astype(float).mean())
-        _tag(ax.axhline(m, color=avg_color, ls="--", label="FedAvg: mean \u00b1 sd (band)"), "fedavg")
+        m, lo, hi = seed_spread(ref[col], log)
+        _tag(ax.axhline(m, color=avg_color, ls="--", label=f"FedAvg: {spread} (band)"), "fedavg")
         if len(ref) > 1:
-            sd = float(ref[col].astype(float).std(ddof=1))
-            _tag(ax.axhspan(m - sd, m + sd, color=avg_color, alpha=0.12, lw=0), "fedavg")
-    shown = pd.concat([ok[col], ref[col]]).astype(float)
-    log = direction_of(panel.metric) == "min" and _positive(shown)
+            _tag(ax.axhspan(lo, hi, color=avg_color, alpha=0.12, lw=0), "fedavg")
     if logx:
         ax.set_xscale("log")
         from matplotlib.ticker import FixedLocator, NullLocator
@@ -340,7 +356,7 @@ def knob_panel(ax, panel) -> None:
     if log:
         plain_log(ax)
     ax.set_ylabel(_ylabel(panel.metric, log))
-    ax.set_title(panel.title, fontsize=10, pad=22)
+    ax.set_title(panel.title, fontsize=10, pad=20)
 
 
 def knob_figure(panels: list, xlabel: str) -> Figure:

@@ -25,9 +25,11 @@ import torch
 
 from fipa import buffers, devices, vectorized
 from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, LossProbe
+from fipa.client_config import ClientConfig
 from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size, steps_per_round
-from fipa.config import ClientConfig, ConfigError, RunConfig
+from fipa.config import RunConfig
 from fipa.curvature import CurvatureRequest, client_curvature
+from fipa.errors import ConfigError
 from fipa.io import RunDirLock, remove_stale_temps, write_csv, write_json
 from fipa.losses import hessian_scale, mean_loss
 from fipa.params import ParamLayout

@@ -186,7 +186,7 @@ def bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:
         (lambda c: c["tasks"]["regression_1d"]["task"].update(target="sinc"),
          ["task.target: unknown target"]),
         (lambda c: c["tasks"]["regression_1d"]["partitions"]["domain4"].update(clients=500),
-         ["partition.clients: 500 clients but the task has 128"]),
+         ["partition.clients: 500 clients but only 128 training samples"]),
         (lambda c: c["tasks"]["regression_1d"].update(aggregators=["fipaa"]),
          ["tasks.regression_1d.aggregators: 'fipaa' is not defined"]),
         (lambda c: c["tasks"]["regression_1d"].update(client_methods=["prox"]),

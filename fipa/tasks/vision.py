@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fipa.config import ConfigError
+from fipa.errors import ConfigError
 from fipa.losses import per_sample_loss
 from fipa.partition import PartitionInput
 from fipa.registry import Registry

@@ -21,8 +21,8 @@ import torch
 os.environ.setdefault("DDE_BACKEND", "pytorch")
 import deepxde as dde  # noqa: E402  (the backend must be chosen before the import)
 
+import fipa.tasks.pde.reference as ref  # noqa: E402
 from fipa.registry import Registry  # noqa: E402
-from fipa.tasks.pde import reference as ref  # noqa: E402
 
 Tensor = torch.Tensor
 # (x [..., d], u [...], du [..., d], d2u [..., d, d]) -> [...]: one point or a batch of rows
