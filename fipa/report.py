@@ -424,9 +424,14 @@ def _low_rank_claim(summary: pd.DataFrame) -> dict:
         return {"evidence": "no runs that differ only in the FIPA rank", "estimate": "", "n": 0,
                 "verdict": NOT_MEASURED}
     effects = []
+    # "low" is the rank the configuration's own `fipa` entry uses (the claim is about the rank one
+    # would run), compared with the highest rank swept; the lowest swept rank only without one
+    used = summary.loc[summary["aggregator"] == "fipa", "rank"].dropna() if "rank" in summary else []
+    default_rank = float(pd.Series(used).astype(float).mode().iloc[0]) if len(used) else None
     for _, h in found:
         h = h.assign(rank=h["rank"].astype(float))
-        lo_r, hi_r = h["rank"].min(), h["rank"].max()
+        hi_r = h["rank"].max()
+        lo_r = default_rank if default_rank in set(h["rank"]) and default_rank < hi_r else h["rank"].min()
         pair = pd.concat([h[h["rank"] == lo_r].assign(aggregator="low"),
                           h[h["rank"] == hi_r].assign(aggregator="high")])
         effects.append(paired_effects(pair, "low", "high").assign(ranks=f"{lo_r:g} vs {hi_r:g}"))
@@ -814,7 +819,7 @@ def ablation_panels(summary: pd.DataFrame, reference: pd.DataFrame | None = None
             if found:
                 panels += found
                 break
-    return panels
+    return sorted(panels, key=lambda p: ABLATION_KNOBS.index(p.knob))  # stable: tasks keep their order
 
 
 def is_ablation_run(summary: pd.DataFrame) -> bool:

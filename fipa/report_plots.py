@@ -356,7 +356,7 @@ def knob_panel(ax, panel) -> None:
     if log:
         plain_log(ax)
     ax.set_ylabel(_ylabel(panel.metric, log))
-    ax.set_title(panel.title, fontsize=10, pad=20)
+    ax.set_title(panel.title, fontsize=10, pad=26)
 
 
 def knob_figure(panels: list, xlabel: str) -> Figure:
@@ -365,7 +365,7 @@ def knob_figure(panels: list, xlabel: str) -> Figure:
     fig, axs = _panels(len(panels), width=5.2, height=3.9, wrap=2)
     for ax, p in zip(axs, panels, strict=True):
         knob_panel(ax, p)
-        ax.set_xlabel(xlabel, fontsize=9)
+    fig.supxlabel(xlabel, fontsize=11)
     _legend(fig, axs, title="")
     return fig
 

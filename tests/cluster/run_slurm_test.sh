@@ -23,8 +23,9 @@
 #     job is a SLURM job (squeue's record of the run's job name: all COMPLETED), the six
 #     training cells run in one batch job (rule train_batch), and job status comes from squeue
 #     (sacct does not work on this cluster: no accounting database);
-#   - meanwhile a job that fails on the cluster (a config with fewer samples than
-#     clients, which only `fipa partition` checks) is reported FAILED, with the reason
+#   - meanwhile a job that fails on the cluster (a label-skew split of a task without labels,
+#     which only `fipa partition` can see; the DAG-time check validates keys and ranges, not the
+#     data) is reported FAILED, with the reason
 #     in the rule's log, and the rerun after fixing the config completes;
 #   - meanwhile the GPU case (tests/cluster/gpu_config.yaml, device: auto, FIPA_SLURM_GPUS=2,
 #     FIPA_FAKE_CUDA=1 so that the jobs compute on the CPU): both training jobs are submitted
@@ -310,17 +311,19 @@ checks() {
     gpu_pid=$STARTED
     log "SLURM run of the GPU case started"
 
-    # 3. meanwhile a job that fails on the cluster (fewer samples than clients, which only
-    #    `fipa partition` checks), then the same target after fixing the config
+    # 3. meanwhile a job that fails on the cluster (a Dirichlet label split of the regression
+    #    task, which has no labels: only `fipa partition` sees that), then the same target
+    #    after fixing the config
     local part=results/partitions/regression_1d/domain4/seed0.json
-    sed -i 's/n_train: 128,/n_train: 2,/' "$work/fail/config/config.yaml"
-    grep -q "n_train: 2," "$work/fail/config/config.yaml" || fail "could not break the config"
+    sed -i 's/domain4: {scheme: domain_split, clients: 4, pieces: 1}/domain4: {scheme: dirichlet, clients: 4, alpha: 0.5}/' \
+        "$work/fail/config/config.yaml"
+    grep -q "scheme: dirichlet" "$work/fail/config/config.yaml" || fail "could not break the config"
     run_smk "$work/fail.out" 150 "$work/fail" "${slurm[@]}" "$part"
     expect_rc 1 "$work/fail.out" "run with a failing job"
     expect_in "$work/fail.out" "Error in rule partition" "run with a failing job"
     expect_in "$work/fail.out" "failed, SLURM status is: 'FAILED'" "run with a failing job"
     expect_in "$work/fail/results/logs/partition/regression_1d/domain4.log" \
-        "4 clients but only 2 training samples" "the failed job's log"
+        "dirichlet needs a task with class labels" "the failed job's log"
     states=$(slurm_states "$work/fail.out")
     [[ $states == "1 FAILED" ]] || fail "SLURM jobs of the failing run: '$states', expected 1 FAILED"
     cp "$ROOT/.test/config/config.yaml" "$work/fail/config/config.yaml"
