@@ -29,12 +29,7 @@ PINN = {"task": {"name": "pde", "problem": "poisson1d", "n_domain": 30, "hidden"
         "aggregator": {"name": "fedavg"}, "rounds": 3, "eval_every": 1, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ADAPTIVE = {"name": "fipa", "rho": 1e-3, "rank": 4, "damping": "adaptive", "memory": "curvature",
