@@ -31,3 +31,23 @@ def tiny(**over: Any) -> dict[str, Any]:
         else:
             cfg[k] = v
     return cfg
+
+
+def sigkill_after_round(cmd: list[str], ckpt, round_: int = 3, timeout_s: float = 120) -> None:
+    """Start ``cmd`` in its own session and SIGKILL its whole group once the checkpoint ``ckpt``
+    holds round ``round_`` or later (or the process ended, or ``timeout_s`` passed)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import torch
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["round"] >= round_:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

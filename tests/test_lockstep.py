@@ -4,22 +4,18 @@ the numbers each cell gives alone (float64, 1e-9 relative), and resume after a k
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from fipa.aggregators import AGGREGATORS
 from fipa.batch import Cell, run_cells
 from fipa.config import parse_run_config
 from fipa.simulate import RunLoop, Simulation, _lockstep_groups, train
-from tests.helpers import tiny
+from tests.helpers import sigkill_after_round, tiny
 
 RTOL = 1e-9
 AGG_PARAMS = {"fipa": {"rho": 1e-2, "rank": 4}, "fedadam": {"server_lr": 0.01}}
@@ -91,15 +87,7 @@ def test_killed_batch_resumes_every_cell_to_the_same_numbers(tmp_path):
                                      for i, c in enumerate(cfgs)])
     cmd = [sys.executable, "-m", "fipa.cli", "train-batch", "--threads", "1", "-q", "--cells"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, cells(killed)], start_new_session=True)
-    ckpt = killed / "3" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=True)["round"] >= 3:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_after_round([*cmd, cells(killed)], killed / "3" / "checkpoint.pt")
     assert not (killed / "3" / "final.json").exists(), "kill came too late"
     assert subprocess.run([*cmd, cells(killed)], check=False).returncode == 0
     straight = tmp_path / "straight"

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +14,7 @@ import yaml
 
 from fipa.config import parse_run_config
 from fipa.simulate import Simulation, sample_clients, train
-from tests.helpers import tiny
+from tests.helpers import sigkill_after_round, tiny
 
 
 def run(cfg, outdir) -> dict:
@@ -75,15 +72,8 @@ def test_sigkill_mid_run_then_restart_matches_uninterrupted(tmp_path, aggregator
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "fipa.cli", "train", "-c", str(path), "-o", str(out),
            "--threads", "1", "-q"]
-    proc = subprocess.Popen(cmd, start_new_session=True)
     ckpt = out / "checkpoint.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=True)["round"] >= 3:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_after_round(cmd, ckpt)
     killed_at = torch.load(ckpt, weights_only=True)["round"]
     assert 3 <= killed_at < 40 and not (out / "final.json").exists(), "kill came too late"
     assert subprocess.run(cmd, check=False).returncode == 0
