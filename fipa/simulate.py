@@ -257,8 +257,8 @@ class Simulation:
 
     def step_work(self) -> int:
         """Numbers one local step multiplies: the largest client minibatch x parameters."""
-        sizes = [next(iter(d.values())).shape[0] for d in self.data]
-        return max(batch_size(n, self.method.cfg) for n in sizes) * self.layout.numel
+        widest = max(batch_size(vectorized.num_samples(d), self.method.cfg) for d in self.data)
+        return widest * self.layout.numel
 
     def initial_theta(self) -> torch.Tensor:
         theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
@@ -316,9 +316,8 @@ class Simulation:
         if not self.vectorized and self.path_reason != "one client per round":
             return None  # the size rule or the model's layers keep this run off the vectorized path
         cfg = self.cfg.to_dict()
-        same = {k: cfg[k] for k in ("client", "dtype", "device")}
-        same["task"] = {k: v for k, v in cfg["task"].items()}
-        return json.dumps(same, sort_keys=True, default=str)
+        return json.dumps({k: cfg[k] for k in ("task", "client", "dtype", "device")}, sort_keys=True,
+                          default=str)
 
     def loss_probe(self, chosen: list[int]) -> LossProbe:
         """The round's clients' weighted task loss at a candidate model (FIPA's adaptive damping).
@@ -374,7 +373,7 @@ def train_rows(rows: list[Row], vectorize: bool) -> list[ClientUpdate]:
     theta0 = rows[0].theta if one_run else torch.stack([r.theta for r in rows])  # [P] or [rows, P]
     thetas = vectorized.local_train(lead.method, lead.task, lead.model, lead.layout, theta0, datas,
                                     gens, [r.state for r in rows])  # [rows, P]
-    updates = [ClientUpdate(thetas[i] - r.theta, num_samples(d))
+    updates = [ClientUpdate(thetas[i] - r.theta, vectorized.num_samples(d))
                for i, (r, d) in enumerate(zip(rows, datas, strict=True))]
     for request, idx in _by_request(rows):
         cgens = [torch.Generator().manual_seed(derive_seed(rows[i].sim.cfg.seed, rows[i].rnd, rows[i].client,
@@ -402,10 +401,6 @@ def _by_request(rows: list[Row]) -> list[tuple[CurvatureRequest, list[int]]]:
         else:
             groups.append((request, [i]))
     return groups
-
-
-def num_samples(data: Batch) -> int:
-    return next(iter(data.values())).shape[0]
 
 
 def centralized_client(cfg: ClientConfig, sizes: list[int]) -> ClientConfig:
