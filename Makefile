@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: reproduce ablations test lint test-slow test-cluster dry-run clean-results help
+.PHONY: reproduce ablations test lint test-slow test-cluster dry-run clean-results help docs
 
 help:
 	@echo "make reproduce   set up .venv, then run the default reproduction (config/config.yaml)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-slow   also run the slow paper-scale tests"
 	@echo "make test-cluster  run the workflow on a throw-away single-node SLURM (root; about 4 min)"
 	@echo "make dry-run     list the jobs the default reproduction would run"
+	@echo "make docs        regenerate config/README.md's key tables from the Params fields (fipa/keys.py)"
 	@echo "make resume      after an interruption: unlock (only if no other Snakemake runs here), rerun incomplete jobs"
 
 $(STAMP): pyproject.toml
@@ -48,6 +49,10 @@ dry-run: $(STAMP)
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
 	$(BIN)/ruff check .
+
+# the key tables between <!-- keys: ... --> markers come from the fields' key(...) docs and bounds
+docs: $(STAMP)
+	$(BIN)/python -m fipa.keys config/README.md
 
 test-slow: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q --runslow

@@ -1,21 +1,29 @@
 """Benchmark FIPA's client and server cost on a CIFAR-shaped ResNet-18 (random inputs).
 
-Three phases, each in a fresh subprocess so that its peak memory is its own:
-  epoch   one local epoch of plain SGD (fipa.clients, the real training path) on
-          ``--epoch-samples`` images in batches of ``--batch-size``;
-  curv    one client's top-``--rank`` GGN eigenpairs, matrix-free (fipa.curvature:
-          jvp/vjp GGN-vector products in a randomized range finder) on ``--curv-samples``
-          images: (rank + oversample) (power_iters + 2) products;
-  server  the FIPA server step fipa.aggregators.fipa_direction for ``--clients`` clients
-          with random factors [rank, P] and deltas [P].
+Four phases, each in a fresh subprocess so that its peak memory is its own:
+  epoch    one local epoch of plain SGD (fipa.clients, the real training path) on
+           ``--epoch-samples`` images in batches of ``--batch-size``;
+  curv     one client's top-``--rank`` eigenpairs by ``--curv-method`` on ``--curv-samples``
+           images (fipa.curvature.client_curvature): gram (default; per-sample rows of the
+           ``--fisher`` factor, one reverse pass each, and an eigensolve of their Gram) or
+           matrix_free (jvp/vjp GGN-vector products in a randomized range finder,
+           (rank + oversample)(power_iters + 2) products);
+  quality  the same method on ``--quality-samples`` images against the exact top-r GGN
+           eigenpairs of the same images (reference: the Gram of all n C rows M_i^T J_i,
+           formed ``--quality-groups`` parameter groups at a time so that n C P numbers
+           never sit in memory at once; exact up to round-off, unlike a range finder
+           without a spectral gap): largest relative error of the top-r eigenvalues and
+           largest principal angle between the top-r (and top C-1) eigenvector spaces;
+  server   the FIPA server step fipa.aggregators.fipa_direction for ``--clients`` clients
+           with random factors [rank, P] and deltas [P].
 Peak memory: on CUDA torch's max_memory_allocated; on CPU the RSS high-water mark, reset
 through /proc/self/clear_refs just before the timed call (tracemalloc does not see torch's
 allocations), so it counts what the call allocates beyond its inputs. The ratios printed
 compare with one local epoch and with the size of one client's factor, r P numbers.
 
-    .venv/bin/python benchmarks/bench_vision_curvature.py                       # paper-like
-    .venv/bin/python benchmarks/bench_vision_curvature.py --image-size 16 --curv-samples 8 \\
-        --power-iters 2                                                         # quick on a CPU
+    .venv/bin/python benchmarks/bench_vision_curvature.py --threads 2 --skip-server  # acceptance
+    .venv/bin/python benchmarks/bench_vision_curvature.py --curv-method matrix_free --fisher ggn \\
+        --curv-samples 8 --power-iters 0 --skip-quality                             # the old path
 """
 
 from __future__ import annotations
@@ -71,14 +79,14 @@ def build(args):
     from fipa.params import ParamLayout, model_params
     from fipa.tasks.vision import DATASETS, ImageData, Vision, VisionParams
 
+    @DATASETS.register("random_cifar")
     def random_images(root, split_seed, test_fraction):
         g = torch.Generator().manual_seed(0)
-        n, s = max(args.epoch_samples, args.curv_samples), args.image_size
+        n, s = max(args.epoch_samples, args.curv_samples, args.quality_samples), args.image_size
         x = torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
         y = torch.randint(0, 10, (n,), generator=g)
         return ImageData(x, y, x[:8], y[:8], 10, 1 / 255, (0.5,) * 3, (0.25,) * 3, 4, True)
 
-    DATASETS.register("random_cifar")(random_images)
     task = Vision(VisionParams(dataset="random_cifar", model="resnet18"), seed=0, dtype=torch.float32)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -108,22 +116,115 @@ def phase_epoch(args) -> dict:
     return {"seconds": elapsed, "peak_bytes": mem.peak, "P": theta.numel()}
 
 
+def curvature_request(args, samples: int | None):
+    from fipa.curvature import CurvatureRequest
+
+    return CurvatureRequest("lowrank", rank=args.rank, samples=samples, method=args.curv_method,
+                            fisher=args.fisher, oversample=args.oversample, power_iters=args.power_iters,
+                            chunk=args.chunk)
+
+
 def phase_curv(args) -> dict:
     import torch
 
-    from fipa.curvature import CurvatureRequest, client_curvature
+    from fipa.curvature import client_curvature
 
     task, model, layout, theta, data, device = build(args)
-    req = CurvatureRequest("lowrank", rank=args.rank, samples=args.curv_samples, method="matrix_free",
-                           oversample=args.oversample, power_iters=args.power_iters, chunk=args.chunk)
+    req = curvature_request(args, args.curv_samples)
     with PeakMemory(device) as mem:
         t = time.perf_counter()
         out = client_curvature(req, task, model, layout, theta, data, torch.Generator().manual_seed(0))
         sync(device)
         elapsed = time.perf_counter() - t
-    products = (args.rank + args.oversample) * (args.power_iters + 2)
-    return {"seconds": elapsed, "peak_bytes": mem.peak, "P": theta.numel(), "products": products,
+    return {"seconds": elapsed, "peak_bytes": mem.peak, "P": theta.numel(), "work": work(args),
             "top_eigs": out["eigvals"][:3].tolist()}
+
+
+def work(args) -> str:
+    """What the curvature phase computes, in words."""
+    if args.curv_method == "matrix_free":
+        products = (args.rank + args.oversample) * (args.power_iters + 2)
+        return f"+{args.oversample}, q={args.power_iters}, {products} GGNvp"
+    rows = "1 row" if args.fisher == "sampled" else "C rows"
+    return f"{args.fisher} Fisher, {rows}/sample"
+
+
+def reference_eigs(task, model, layout, theta, batch, rank: int, groups: int):
+    """Exact top-``rank`` GGN eigenpairs of ``batch``: (sigma [r], A [r, P]), H = A^T A on them.
+
+    G = S S^T [n C, n C] accumulated over parameter groups (rows M_i^T J_i restricted to one
+    group's columns at a time: memory n C P / groups), eigh in float64; then A = U_r^T S
+    through r reverse passes of the whole batch, cotangent W_j [n, C] = sum_k M_i[:, k] U[(i, k), j]
+    / sqrt(n) (apply S^T to u_j without forming S).
+    """
+    import math
+
+    import torch
+
+    from fipa.curvature import GRAM_COLUMNS, _gram, output_sqrt, per_sample_rows
+
+    with torch.no_grad():
+        out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
+    M = output_sqrt(task.loss_kind, "ggn", out, torch.Generator())  # [n, C, C]
+    n, C, _ = M.shape
+    G = torch.zeros(n * C, n * C, dtype=torch.float64)
+    bounds = torch.linspace(0, layout.numel, groups + 1)
+    ends = torch.tensor(layout.sizes).cumsum(0)
+    for g in range(groups):  # a parameter tensor belongs to the group where it ends
+        names = [nm for nm, e in zip(layout.names, ends, strict=True) if bounds[g] < e <= bounds[g + 1]]
+        if not names:  # one big tensor spans this group's range: it counts in a later one
+            continue
+        for block in per_sample_rows(task, model, layout, theta, batch, M, 1, names):
+            G += _gram(block, GRAM_COLUMNS)
+    sigma, U = torch.linalg.eigh(G)
+    sigma_r, U_r = sigma[-rank:].flip(-1), U[:, -rank:].flip(-1)  # [r], [n C, r]
+    W = torch.einsum("nck,nkr->rnc", M.double(), U_r.view(n, C, rank)) / math.sqrt(n)
+    params = {k: v.detach().requires_grad_(True) for k, v in layout.unflatten(theta).items()}
+    f = task.outputs(model, params, batch)  # [n, C]
+    A = torch.empty(rank, theta.numel(), dtype=theta.dtype)
+    for j in range(rank):  # apply S^T to u_j: J^T W_j
+        grads = torch.autograd.grad((f * W[j].to(f.dtype)).sum(), list(params.values()),
+                                    retain_graph=j < rank - 1)
+        A[j] = torch.cat([gr.reshape(-1) for gr in grads])
+    return sigma_r, A
+
+
+def principal_angle(A1, A2) -> float:
+    """Largest principal angle (radians) between the row spaces of two factors [k, P] whose rows
+    are orthogonal (A = diag(sqrt sigma) V^T): cosines = singular values of Q1 Q2^T."""
+    import torch
+
+    from fipa.curvature import COLUMN_CHUNK
+
+    Q1, Q2 = (A / A.norm(dim=1, keepdim=True) for A in (A1, A2))
+    C = torch.zeros(Q1.shape[0], Q2.shape[0], dtype=torch.float64)
+    for i in range(0, Q1.shape[1], COLUMN_CHUNK):
+        C += Q1[:, i : i + COLUMN_CHUNK].double() @ Q2[:, i : i + COLUMN_CHUNK].double().T
+    return float(torch.arccos(torch.linalg.svdvals(C).clamp(max=1.0).min()))
+
+
+def phase_quality(args) -> dict:
+    import torch
+
+    from fipa.curvature import client_curvature
+
+    task, model, layout, theta, data, _ = build(args)
+    batch = {k: v[: args.quality_samples] for k, v in data.items()}
+    r = args.rank
+    t = time.perf_counter()
+    s_ref, A_ref = reference_eigs(task, model, layout, theta, batch, r, args.quality_groups)
+    ref_s = time.perf_counter() - t
+    got = client_curvature(curvature_request(args, None), task, model, layout, theta, batch,
+                           torch.Generator().manual_seed(0))
+    s_fast, A_fast = got["eigvals"].double(), got["factor"]
+    k = min(r, s_fast.numel())
+    rel = ((s_fast[:k] - s_ref[:k]) / s_ref[:k]).abs()
+    C1 = task.data.num_classes - 1  # the softmax GGN's outlier eigenvalues
+    return {"reference_seconds": ref_s, "rank": k, "eig_rel_err_max": float(rel.max()),
+            "eig_rel_err_median": float(rel.median()), "eig_rel_err_top": float(rel[:C1].max()),
+            "angle": principal_angle(A_fast[:k], A_ref[:k]), "angle_top": principal_angle(
+                A_fast[:C1], A_ref[:C1]), "outliers": C1,
+            "ref_eigs": s_ref[:3].tolist(), "fast_eigs": s_fast[:3].tolist()}
 
 
 def phase_server(args) -> dict:
@@ -154,7 +255,7 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-PHASES = {"epoch": phase_epoch, "curv": phase_curv, "server": phase_server}
+PHASES = {"epoch": phase_epoch, "curv": phase_curv, "quality": phase_quality, "server": phase_server}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -171,16 +272,22 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epoch-samples", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--curv-method", default="gram", choices=["gram", "matrix_free", "exact"])
+    p.add_argument("--fisher", default="sampled", choices=["sampled", "ggn"])
     p.add_argument("--curv-samples", type=int, default=32)
+    p.add_argument("--quality-samples", type=int, default=32)
+    p.add_argument("--quality-groups", type=int, default=8, help="parameter groups of the reference")
     p.add_argument("--rank", type=int, default=20)
     p.add_argument("--oversample", type=int, default=10)
     p.add_argument("--power-iters", type=int, default=4)
-    p.add_argument("--chunk", type=int, default=8, help="GGN-vector products per vmap call")
+    p.add_argument("--chunk", type=int, default=8, help="GGN-vector products (or gram samples, "
+                   "off the CPU) per vmap call")
     p.add_argument("--clients", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-server", action="store_true", help="leave out the server phase "
                    "(it does not depend on the image size or the curvature settings)")
+    p.add_argument("--skip-quality", action="store_true", help="leave out the quality phase")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:
@@ -190,34 +297,50 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     argv = sys.argv[1:]
-    names = ("epoch", "curv") if args.skip_server else ("epoch", "curv", "server")
+    names = ["epoch", "curv"] + ([] if args.skip_quality else ["quality"]) + \
+        ([] if args.skip_server else ["server"])
     res = {name: run_phase(name, argv) for name in names}
+    report(args, res)
+
+
+def report(args, res: dict) -> None:
     P, r = res["curv"]["P"], args.rank
     factor_bytes = 4 * P * r
     gib = 2.0**30
     print(f"ResNet-18 (GroupNorm), P = {P:,}, inputs 3x{args.image_size}x{args.image_size}, "
           f"{args.threads} thread(s), device {args.device}")
-    print(f"{'phase':<52}{'seconds':>9}{'peak extra GiB':>16}")
+    print(f"{'phase':<60}{'seconds':>9}{'peak extra GiB':>16}")
     rows = [
         (f"local epoch: {args.epoch_samples} samples, batch {args.batch_size}", res["epoch"]),
-        (f"matrix-free r={r} (+{args.oversample}, q={args.power_iters}, {args.curv_samples} samples, "
-         f"{res['curv']['products']} GGNvp)", res["curv"]),
+        (f"{args.curv_method} r={r} ({res['curv']['work']}, {args.curv_samples} samples)", res["curv"]),
     ]
     if "server" in res:
         rows.append((f"FIPA server step, {args.clients} clients x r={r}", res["server"]))
     for label, v in rows:
-        print(f"{label:<52}{v['seconds']:>9.2f}{v['peak_bytes'] / gib:>16.3f}")
+        print(f"{label:<60}{v['seconds']:>9.2f}{v['peak_bytes'] / gib:>16.3f}")
     e = res["epoch"]["seconds"]
     print(f"ratio  curvature / local epoch      = {res['curv']['seconds'] / e:.2f}")
     if "server" in res:
         print(f"ratio  server step / local epoch    = {res['server']['seconds'] / e:.2f}")
-    print(f"ratio  curvature time per GGNvp / (epoch time / epoch samples) = "
-          f"{res['curv']['seconds'] / res['curv']['products'] / (e / args.epoch_samples):.1f} samples")
     print(f"memory curvature peak / (r P float32 = {factor_bytes / gib:.2f} GiB) = "
           f"{res['curv']['peak_bytes'] / factor_bytes:.2f}")
     if "server" in res:
         print(f"memory server peak extra / inputs ({res['server']['input_bytes'] / gib:.2f} GiB) = "
               f"{res['server']['peak_bytes'] / res['server']['input_bytes']:.2f}")
+    if "quality" in res:
+        q = res["quality"]
+        print(f"quality vs the exact GGN on the same {args.quality_samples} samples (reference "
+              f"{q['reference_seconds']:.0f} s), top {q['rank']}:")
+        print(f"  eigenvalue relative error  max {q['eig_rel_err_max']:.3f}, median "
+              f"{q['eig_rel_err_median']:.3f}, top {q['outliers']} (C-1) max {q['eig_rel_err_top']:.3f}")
+        print(f"  largest principal angle    top {q['rank']}: {q['angle']:.3f} rad; "
+              f"top {q['outliers']}: {q['angle_top']:.3f} rad")
+        print(f"  top-3 eigenvalues          reference {fmt(q['ref_eigs'])}, {args.curv_method} "
+              f"{fmt(q['fast_eigs'])}")
+
+
+def fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from fipa.curvature import CurvatureRequest
+from fipa.keys import key
 from fipa.registry import Registry
 
 
@@ -24,15 +25,14 @@ class ClientUpdate:
     delta: torch.Tensor
     num_samples: int
     factor: torch.Tensor | None = None  # A_m [r, P], H_m ~= A_m^T A_m
-    eigvals: torch.Tensor | None = None  # sigma_m [r]
     diag: torch.Tensor | None = None  # diag(H_m) [P]
     buffers: dict[str, torch.Tensor] | None = None  # BatchNorm statistics after local training
     client: int = -1  # the client's index (set by the round loop; keys FIPA's curvature memory)
 
     @property
     def uplink_numbers(self) -> int:
-        """Numbers sent: P for the delta, + r(P + 1) for eigenpairs, + P for a diagonal, + the
-        model's buffers where it has them."""
+        """Numbers sent: P for the delta, + r(P + 1) for the eigenpairs (V_m, sigma_m) that
+        A_m = diag(sqrt sigma_m) V_m^T encodes, + P for a diagonal, + the model's buffers."""
         n = self.delta.numel() + sum(b.numel() for b in (self.buffers or {}).values())
         if self.factor is not None:
             n += self.factor.numel() + self.factor.shape[0]
@@ -116,10 +116,10 @@ def mean_delta(updates: list[ClientUpdate]) -> torch.Tensor:
 
 @dataclass
 class ServerLRParams:
-    server_lr: float = 1.0
+    """The server step size of the averaging rules (and FIPA's)."""
 
-    def check(self):
-        return [("server_lr", f"must be > 0, got {self.server_lr}")] if self.server_lr <= 0 else []
+    server_lr: float = key(1.0, "server step size eta_s: theta^{k+1} = theta^k + eta_s x the aggregated "
+                           "update", gt=0)
 
 
 @AGGREGATORS.register("fedavg")
@@ -147,11 +147,9 @@ class Centralized(FedAvg):
 
 @dataclass
 class FedAvgMParams(ServerLRParams):
-    momentum: float = 0.9
+    """FedAvgM's server momentum beside the step size."""
 
-    def check(self):
-        bad = [] if 0 <= self.momentum < 1 else [("momentum", f"must lie in [0, 1), got {self.momentum}")]
-        return super().check() + bad
+    momentum: float = key(0.9, "server momentum beta: v <- beta v + dbar", ge=0, lt=1)
 
 
 @AGGREGATORS.register("fedavgm")
@@ -172,21 +170,10 @@ class FedAvgM(Aggregator):
 class AdaptiveParams:
     """Reddi et al. (2021), "Adaptive Federated Optimization", Algorithm 2."""
 
-    server_lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-
-    def check(self):
-        out = []
-        if self.server_lr <= 0:
-            out.append(("server_lr", f"must be > 0, got {self.server_lr}"))
-        for k in ("beta1", "beta2"):
-            if not 0 <= getattr(self, k) < 1:
-                out.append((k, f"must lie in [0, 1), got {getattr(self, k)}"))
-        if self.tau <= 0:
-            out.append(("tau", f"must be > 0, got {self.tau}"))
-        return out
+    server_lr: float = key(0.01, "server step size eta", gt=0)
+    beta1: float = key(0.9, "decay of the first moment m of dbar", ge=0, lt=1)
+    beta2: float = key(0.99, "decay of the second moment v (fedadam, fedyogi; fedadagrad sums)", ge=0, lt=1)
+    tau: float = key(1e-3, "adaptivity: eta m / (sqrt v + tau); v starts at tau^2", gt=0)
 
 
 class _Adaptive(Aggregator):
@@ -238,13 +225,12 @@ class FedAdagrad(_Adaptive):
 
 @dataclass
 class DiagFisherParams(ServerLRParams):
-    eps: float = 1e-8
-    curvature_samples: int | None = None
-    curvature_at: Literal["broadcast", "local"] = "broadcast"
+    """Fisher merging's options beside the step size."""
 
-    def check(self):
-        bad = [("eps", f"must be >= 0, got {self.eps}")] if self.eps < 0 else []
-        return super().check() + bad
+    eps: float = key(1e-8, "added to the summed diagonal Fisher: sum_m w_m F_mj + eps", ge=0)
+    curvature_samples: int | None = key(None, "client data subsample for the diagonal Fisher (null: all)")
+    curvature_at: Literal["broadcast", "local"] = key(
+        "broadcast", "curvature at the broadcast model theta^k or at the client's `local` result")
 
 
 @AGGREGATORS.register("diag_fisher")
@@ -269,67 +255,70 @@ class DiagFisher(Aggregator):
 
 @dataclass
 class FIPAParams(ServerLRParams):
-    """FIPA's knobs. ``damping``, ``memory`` and the constants after them are documented on
-    the FIPA class (the rule) and in config/README.md.
+    """FIPA's knobs, each documented on its field; the damping rules they feed are the FIPA
+    class docstring's (and config/README.md's prose).
 
     The dataclass defaults (``damping: fixed``, ``memory: none``) keep every config written
     before adaptive damping existed bit for bit; config/config.yaml's ``fipa`` entry opts in.
     """
 
-    rho: float = 1e-3  # fixed: lambda = rho lambda_max(H); adaptive: rho of round 1
-    complement: Literal["fedavg", "none"] = "fedavg"
-    rank: int = 10
-    curvature_samples: int | None = None
-    curvature_at: Literal["broadcast", "local"] = "broadcast"
-    chunk: int = 1 << 16
-    curvature_method: Literal["exact", "matrix_free", "auto"] = "auto"
-    curvature_fisher: Literal["ggn", "sampled"] = "ggn"
-    oversample: int = 10
-    power_iters: int = 4
+    rho: float = key(1e-3, "damping relative to the largest curvature eigenvalue: lambda = rho lambda_max(H) "
+                     "(`fixed`; the first round's rho under `trust_region`). 0 = the paper's undamped pinv "
+                     "(with `complement: none`; it blows up, and a run whose numbers overflow ends "
+                     "`diverged: true`)", ge=0, note="(relative damping)")
+    complement: Literal["fedavg", "none"] = key("fedavg", "the FedAvg step outside range(H), or `none`")
+    rank: int = key(10, "eigenpairs per client", ge=1, note="eigenpair per client")
+    curvature_samples: int | None = key(None, "client data subsample for the GGN (null: all)", ge=1,
+                                        note="(all samples)")
+    curvature_at: Literal["broadcast", "local"] = key(
+        "broadcast", "curvature at the broadcast model theta^k or at the client's `local` result")
+    chunk: int = key(1 << 16, "column block of the streamed server solve", ge=1)
+    curvature_method: Literal["exact", "gram", "matrix_free", "auto"] = key(
+        "auto", "`exact` (stacked per-sample Jacobians, eigensolve of the Gram), `gram` (the rows M_i^T J_i "
+        "only, one reverse pass each, eigensolve of their Gram: the same eigenpairs, N = samples x "
+        "rows-per-sample rows of P numbers in memory, about N backward passes of time), `matrix_free` "
+        "(GGN-vector products in a randomized range finder, O(P r) memory whatever N, (rank + oversample)"
+        "(power_iters + 2) products) or `auto` (exact while the Jacobian stack has at most 2^26 entries, "
+        "else gram while N <= 2 (rank + oversample), else matrix_free)")
+    curvature_fisher: Literal["ggn", "sampled"] = key(
+        "ggn", "the exact output Hessian (C rows per sample), or `sampled` (a label drawn from the model: "
+        "one row per sample, an unbiased estimate)")
+    oversample: int = key(10, "range-finder probes beyond the rank (`matrix_free`)", ge=0,
+                          note="extra probe vectors")
+    power_iters: int = key(4, "subspace iterations of the range finder (`matrix_free`)", ge=0)
     # ---- damping (FIPA class docstring)
-    # fixed: lambda = rho lambda_max(H); adaptive: lambda >= the truncation level tau;
-    # trust_region: adaptive plus a Levenberg-Marquardt test of each step on the clients' loss
-    damping: Literal["fixed", "adaptive", "trust_region"] = "fixed"
-    # curvature: the server keeps each client's last factor; absent clients enter H with delta 0
-    memory: Literal["none", "curvature"] = "none"
-    truncation: float = 1.0  # adaptive, trust_region: lambda >= truncation * tau
+    damping: Literal["fixed", "adaptive", "trust_region"] = key(
+        "fixed", "the damping rule: `fixed` lambda = rho lambda_max(H); `adaptive` lambda >= the truncation "
+        "level tau as well; `trust_region` adaptive plus a Levenberg-Marquardt test of each step on the "
+        "clients' loss (rules below)")
+    memory: Literal["none", "curvature"] = key(
+        "none", "`curvature`: the server keeps each client's last factor (memory M r P numbers) and absent "
+        "clients enter H with delta 0, so their curvature damps the step (below)")
+    truncation: float = key(1.0, "`adaptive`, `trust_region`: lambda >= truncation x tau", ge=0)
     # ---- trust_region only: rho lives in the server state
-    rho_min: float = 1e-8  # rho stays in [rho_min, rho_max]; rho_min > 0 so that it can grow
-    rho_max: float = 1e2  # at 1e2 the step is dbar up to ~1% (lambda >> every eigenvalue)
-    rho_increase: float = 4.0  # rho *= this after a poor (ratio < shrink_below) or rejected step
-    rho_decrease: float = 2.0  # rho /= this after a good step (ratio > expand_above)
-    shrink_below: float = 0.25  # ratio = actual / predicted decrease below this: grow rho
-    expand_above: float = 0.75  # ratio above this: relax rho
-    accept_increase: float = 0.0  # reject a step whose loss exceeds (1 + this) L(theta^k)
-    max_retries: int = 3  # rejected steps retried with rho *= rho_increase; then eta_s dbar
+    rho_min: float = key(1e-8, "`trust_region`: rho stays in [rho_min, rho_max]; 0 < rho_min <= rho_max, "
+                         "rho_min > 0 so that rho can grow")
+    rho_max: float = key(1e2, "`trust_region`: at 1e2 the step is dbar up to ~1% (lambda >> every "
+                         "eigenvalue)")
+    rho_increase: float = key(4.0, "`trust_region`: rho *= this after a poor (ratio < shrink_below) or "
+                              "rejected step", gt=1)
+    rho_decrease: float = key(2.0, "`trust_region`: rho /= this after a good step (ratio > expand_above)",
+                              gt=1)
+    shrink_below: float = key(0.25, "`trust_region`: ratio = actual / predicted decrease below this: grow "
+                              "rho (at most expand_above)")
+    expand_above: float = key(0.75, "`trust_region`: ratio above this: relax rho")
+    accept_increase: float = key(0.0, "`trust_region`: reject a step whose loss exceeds (1 + this) "
+                                 "L(theta^k) (0: any increase)", ge=0)
+    max_retries: int = key(3, "`trust_region`: rejected steps retried with rho *= rho_increase; then "
+                           "eta_s dbar", ge=0)
 
     def check(self):
-        out = super().check()
-        if self.rho < 0:
-            out.append(("rho", f"must be >= 0 (relative damping), got {self.rho}"))
-        if self.rank < 1:
-            out.append(("rank", f"must be >= 1 eigenpair per client, got {self.rank}"))
-        if self.curvature_samples is not None and self.curvature_samples < 1:
-            out.append(("curvature_samples", "must be >= 1 or null (all samples)"))
-        if self.chunk < 1:
-            out.append(("chunk", f"must be >= 1, got {self.chunk}"))
-        if self.oversample < 0:
-            out.append(("oversample", f"must be >= 0 extra probe vectors, got {self.oversample}"))
-        if self.power_iters < 0:
-            out.append(("power_iters", f"must be >= 0, got {self.power_iters}"))
-        for key in ("truncation", "accept_increase"):
-            if getattr(self, key) < 0:
-                out.append((key, f"must be >= 0, got {getattr(self, key)}"))
+        out = []
         if not 0 < self.rho_min <= self.rho_max:
             out.append(("rho_min", f"need 0 < rho_min <= rho_max, got {self.rho_min}, {self.rho_max}"))
-        for key in ("rho_increase", "rho_decrease"):
-            if getattr(self, key) <= 1:
-                out.append((key, f"must be > 1, got {getattr(self, key)}"))
         if self.shrink_below > self.expand_above:
             out.append(("shrink_below", "must be <= expand_above, got "
                         f"{self.shrink_below} > {self.expand_above}"))
-        if self.max_retries < 0:
-            out.append(("max_retries", f"must be >= 0, got {self.max_retries}"))
         return out
 
 

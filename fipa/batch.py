@@ -32,7 +32,7 @@ BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "
 
 
 @dataclass
-class Cell:
+class CellJob:
     """One grid cell of a batch: where its config comes from and where its outputs go."""
 
     output: str
@@ -43,7 +43,7 @@ class Cell:
     label: str | None = None
 
     @classmethod
-    def parse(cls, raw: Any, where: str) -> Cell:
+    def parse(cls, raw: Any, where: str) -> CellJob:
         if not isinstance(raw, dict) or "output" not in raw:
             raise ConfigError(f"{where}: each cell needs an `output` directory and a `config` or `spec`")
         unknown = sorted(set(raw) - {"output", "config", "spec", "benchmark", "log", "label"})
@@ -62,7 +62,7 @@ class Cell:
         return parse_run_config(self.spec, f"spec of {self.output}")
 
 
-def load_manifest(path: str | Path) -> list[Cell]:
+def load_manifest(path: str | Path) -> list[CellJob]:
     from fipa.io import read_yaml
 
     try:
@@ -72,7 +72,7 @@ def load_manifest(path: str | Path) -> list[Cell]:
     return parse_cells(raw, str(path))
 
 
-def parse_cells(raw: Any, where: str) -> list[Cell]:
+def parse_cells(raw: Any, where: str) -> list[CellJob]:
     """Cells from a manifest's content: a non-empty list, or a JSON string of one."""
     if isinstance(raw, str):
         import json
@@ -83,7 +83,7 @@ def parse_cells(raw: Any, where: str) -> list[Cell]:
             raise ConfigError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: expected a non-empty list of cells")
-    return [Cell.parse(c, f"{where}[{i}]") for i, c in enumerate(raw)]
+    return [CellJob.parse(c, f"{where}[{i}]") for i, c in enumerate(raw)]
 
 
 def hms(seconds: float) -> str:
@@ -101,7 +101,7 @@ def write_benchmark(path: str | Path, wall_s: float, cpu_s: float) -> None:
     atomic_write(path, lambda fh: fh.write("\t".join(BENCHMARK_COLUMNS) + "\n" + "\t".join(row) + "\n"))
 
 
-def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None]],
+def run_cells(cells: list[CellJob], make_log: Callable[[CellJob], Callable[[str], None]],
               supersede: bool = False, echo: Callable[[str], None] = print,
               status: Callable[[str, dict[str, Any]], str] | None = None,
               threads: int | None = None) -> dict[str, dict | None]:
@@ -119,7 +119,7 @@ def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None
     from fipa.simulate import finished_run, prepare_run_dir
 
     results: dict[str, dict | None] = {}
-    todo: dict[str, list[tuple[Cell, Any, str]]] = {}  # device -> (cell, config, label)
+    todo: dict[str, list[tuple[CellJob, Any, str]]] = {}  # device -> (cell, config, label)
     for cell in cells:
         label = cell.label or cell.output
         try:
@@ -140,7 +140,8 @@ def run_cells(cells: list[Cell], make_log: Callable[[Cell], Callable[[str], None
     return results
 
 
-def _run_jobs(jobs: list[tuple[Cell, Any, str]], make_log, echo, status, threads) -> dict[str, dict | None]:
+def _run_jobs(jobs: list[tuple[CellJob, Any, str]], make_log, echo, status, threads
+              ) -> dict[str, dict | None]:
     """Build and train cells of one device in lockstep; a failing cell fails alone."""
     from fipa import devices
     from fipa.simulate import RunLoop, Simulation, prepared, train_lockstep
@@ -179,7 +180,7 @@ def _run_jobs(jobs: list[tuple[Cell, Any, str]], make_log, echo, status, threads
     return results
 
 
-def _failed(cell: Cell, make_log, echo: Callable[[str], None], message: str) -> None:
+def _failed(cell: CellJob, make_log, echo: Callable[[str], None], message: str) -> None:
     """Report a failed cell on the batch's output and in the cell's own log (results/logs/...)."""
     echo(message)
     if cell.log:

@@ -5,33 +5,31 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from fipa.errors import ConfigError, FipaError
 
+STARTED = time.time()  # process start, near enough: a grid job's cost includes its imports and set-up
+
 
 def cmd_list(args: argparse.Namespace) -> None:
-    """Every registry: what a config may name."""
+    """Every registry: what a config may name, with the entries of ``--plugins``."""
+    from fipa.plugins import load
+
+    load(args.plugins, "--plugins")  # before the registries are read: they add entries
     from fipa.aggregators import AGGREGATORS
     from fipa.clients import CLIENT_METHODS
     from fipa.optim import OPTIMIZERS
     from fipa.partition import SCHEMES
     from fipa.tasks import TASKS
-    from fipa.tasks.pde.network import ACTIVATION_JETS
-    from fipa.tasks.pde.problems import PROBLEMS
-    from fipa.tasks.regression import TARGETS
-    from fipa.tasks.vision import DATASETS, MODELS
 
-    for title, reg in (("aggregators (aggregator.name)", AGGREGATORS),
-                       ("client methods (client.method)", CLIENT_METHODS),
-                       ("optimizers (client.optimizer)", OPTIMIZERS),
-                       ("partition schemes (partition.scheme)", SCHEMES),
-                       ("tasks (task.name)", TASKS),
-                       ("regression targets (task.target)", TARGETS),
-                       ("PDE problems (task.problem)", PROBLEMS),
-                       ("PDE activations (task.activation)", ACTIVATION_JETS),
-                       ("vision data sets (task.dataset)", DATASETS),
-                       ("vision models (task.model)", MODELS)):
+    lists = {"aggregators (aggregator.name)": AGGREGATORS, "client methods (client.method)": CLIENT_METHODS,
+             "optimizers (client.optimizer)": OPTIMIZERS, "partition schemes (partition.scheme)": SCHEMES,
+             "tasks (task.name)": TASKS}
+    for name in TASKS.names():  # each family's own registries (targets, problems, data sets, ...)
+        lists.update(TASKS.get(name).catalog())
+    for title, reg in lists.items():
         print(f"{title}: {', '.join(reg.names())}")
 
 
@@ -118,6 +116,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     prepare_run_dir(Path(args.output), cfg, args.supersede, args.spec is not None, _flush_print)
     label = args.label or f"[{cfg.task.name}/{cfg.partition.name}/{cfg.client.method}/" \
         f"{cfg.aggregator.name} seed {cfg.seed}]"
+    if args.grid_total:
+        from fipa.progress import record_start
+
+        record_start(args.grid_root, [label], STARTED)
     log = _log_to(args.log) if args.log else (lambda s: None) if args.quiet else _flush_print
     bar = None
     if wants_progress_bar(sys.stdout, os.environ) and not (args.log or args.quiet or args.grid_total):
@@ -144,11 +146,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_train_batch(args: argparse.Namespace) -> None:
     """Several cells in one process (fipa/batch.py): start-up paid once for the batch."""
-    from fipa.batch import Cell, load_manifest, parse_cells, run_cells, write_summary
+    from fipa.batch import CellJob, load_manifest, parse_cells, run_cells, write_summary
 
     cells = load_manifest(args.manifest) if args.manifest else []
     cells += parse_cells(args.cells, "--cells") if args.cells else []
-    cells += [Cell(config=c, output=o) for c, o in args.cell or []]
+    cells += [CellJob(config=c, output=o) for c, o in args.cell or []]
     if not cells:
         raise ConfigError("train-batch: give a manifest file, --cells JSON or at least one "
                           "--cell CONFIG OUTDIR")
@@ -158,7 +160,9 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
 
     status = None
     if args.grid_total:
-        from fipa.progress import status_line
+        from fipa.progress import record_start, status_line
+
+        record_start(args.grid_root, [cell.label or cell.output for cell in cells], STARTED)
 
         def status(label, final):
             return status_line(label, final, args.grid_root, args.grid_total)
@@ -201,7 +205,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from fipa.report import figures
+    from fipa.report_plots import figures
 
     paths = figures(args.summary, args.outdir)
     for p in paths:
@@ -233,20 +237,11 @@ def cmd_export_warmup(args: argparse.Namespace) -> None:
     ``warmup_checkpoint`` (buffers: BatchNorm statistics, for models that have them)."""
     import torch
 
+    from fipa.checkpoint import warmup_state
     from fipa.io import atomic_write
 
-    ckpt = Path(args.run_dir) / "checkpoint.pt"
-    if not ckpt.is_file():
-        raise ConfigError(f"{ckpt}: no checkpoint; train the warm-up run into {args.run_dir} first")
-    try:
-        raw = torch.load(ckpt, weights_only=True, map_location="cpu")
-        theta, rnd, diverged = raw["theta"], int(raw["round"]), bool(raw["diverged"])
-        state = {"theta": theta, "round": rnd, "buffers": raw.get("buffers", {})}
-    except Exception as e:
-        raise ConfigError(f"{ckpt}: checkpoint is corrupt or truncated ({type(e).__name__}); "
-                          "rerun the warm-up") from None
-    if diverged or not bool(torch.isfinite(theta).all()):
-        raise ConfigError(f"{ckpt}: the warm-up run diverged at round {rnd}; nothing to export")
+    state = warmup_state(Path(args.run_dir))
+    theta, rnd = state["theta"], state["round"]
     atomic_write(args.output, lambda fh: torch.save(state, fh), mode="wb")
     print(f"wrote {args.output}: theta after round {rnd} ({theta.numel()} parameters)")
 
@@ -275,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = with_defaults  # type: ignore[method-assign]
 
     s = sub.add_parser("list", help="every registered aggregator, client method, task, scheme")
+    s.add_argument("--plugins", nargs="+", default=[], metavar="MODULE",
+                   help="also import these plugins (module names or .py files, as a config's `plugins`)")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("partition", help="split a task's training data among clients")

@@ -22,11 +22,12 @@ from torch import nn
 
 from fipa.client_config import ClientConfig
 from fipa.errors import ConfigError
+from fipa.keys import key
 from fipa.losses import mean_loss, per_sample_loss
 from fipa.optim import OPTIMIZERS, Optimizer
 from fipa.params import ParamLayout
 from fipa.registry import Registry
-from fipa.tasks.base import Batch, Task
+from fipa.tasks.base import Batch, Task, num_samples
 
 ClientState = dict[str, torch.Tensor]
 # theta [..., P] -> (gradient of the local objective [..., P], task loss [...]): one client
@@ -47,17 +48,31 @@ def steps_per_round(n: int, cfg: ClientConfig) -> int:
     return cfg.local_epochs * -(-n // batch_size(n, cfg))
 
 
-def minibatches(n: int, cfg: ClientConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index batches for one round of local work: shuffled epochs, or ``local_steps`` steps."""
+def epoch_plans(n: int, cfg: ClientConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """A client's minibatch indices for one round, epoch by epoch: [batches, bs] each, -1
+    padding a short last batch, cut at ``steps_per_round`` in all.
+
+    The one planner of both training paths. One permutation of ``gen`` per started epoch
+    (none for full batches), drawn only when its epoch begins: the sequential path's draws
+    interleave with the task's data augmentation exactly as training proceeds.
+    """
     bs, steps = batch_size(n, cfg), steps_per_round(n, cfg)
-    done = 0
-    while done < steps:
+    per_epoch = -(-n // bs)
+    for start in range(0, steps, per_epoch):
         perm = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
-        for i in range(0, n, bs):
-            if done == steps:
-                return
-            yield perm[i : i + bs]
-            done += 1
+        yield F.pad(perm, (0, per_epoch * bs - n), value=-1).reshape(per_epoch, bs)[: steps - start]
+
+
+def minibatches(n: int, cfg: ClientConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches [<= bs] for one round of local work: shuffled epochs, or ``local_steps`` steps."""
+    for epoch in epoch_plans(n, cfg, gen):
+        for row in epoch:
+            yield row[row >= 0]
+
+
+def batch_plan(n: int, cfg: ClientConfig, gen: torch.Generator) -> torch.Tensor:
+    """The whole round's plan [T, bs] at once (the vectorized path), -1 padded."""
+    return torch.cat(list(epoch_plans(n, cfg, gen)))
 
 
 def make_optimizer(cfg: ClientConfig, rnd: int = 1) -> Optimizer:
@@ -77,6 +92,15 @@ class LocalResult:
     state: ClientState
 
 
+CLIENT_METHODS: Registry[type[ClientMethod]] = Registry("client method")
+
+
+@dataclass
+class LocalParams:
+    """Plain local training has no extra options."""
+
+
+@CLIENT_METHODS.register("local", params=LocalParams)
 class ClientMethod:
     """Plain local training (SGD or Adam) on the task loss; the base of every method.
 
@@ -99,6 +123,16 @@ class ClientMethod:
     # FedDyn's round sums), so rows of several runs cannot share one method object and
     # train in one call (the runs axis, simulate.train_rows); each run then trains alone
     stacks_runs: ClassVar[bool] = True
+    # P-vectors each client keeps across rounds (SCAFFOLD's c_i), and the method keeps on the
+    # server (SCAFFOLD's c, FedDyn's h), all zero at the start
+    client_state_keys: ClassVar[tuple[str, ...]] = ()
+    server_state_keys: ClassVar[tuple[str, ...]] = ()
+    # True: ``extra_loss`` adds a term (FedProx, FedDyn); the stacked direct path then runs it
+    # under vmap over the clients, and skips it otherwise
+    has_extra_loss: ClassVar[bool] = False
+    # True: the method replaces ``objective`` beyond ``extra_loss`` (FedRCL's contrastive
+    # term); the stacked direct path, which evaluates the base objective, cannot run it
+    custom_objective: ClassVar[bool] = False
 
     def __init__(self, cfg: ClientConfig, keep_optimizer: bool = False) -> None:
         self.cfg = cfg
@@ -115,12 +149,14 @@ class ClientMethod:
         """Raise ConfigError before any training if this method cannot run on ``task``."""
 
     def init_state(self, theta: torch.Tensor) -> ClientState:
-        """Per-client state, created the first time client m is sampled."""
-        return {}
+        """Per-client state, created the first time client m is sampled: a zero P-vector per
+        name in ``client_state_keys``."""
+        return {k: torch.zeros_like(theta) for k in self.client_state_keys}
 
     def init_server_state(self, theta: torch.Tensor) -> ClientState:
-        """Server-side state of the method (checkpointed with the run)."""
-        return {}
+        """Server-side state of the method (checkpointed with the run): a zero P-vector per
+        name in ``server_state_keys``."""
+        return {k: torch.zeros_like(theta) for k in self.server_state_keys}
 
     def begin_round(self, server_state: ClientState, rnd: int = 1) -> None:
         """Called once before round ``rnd``'s clients train; they read ``self.server_state``."""
@@ -190,14 +226,11 @@ class ClientMethod:
         theta = theta0.clone()
         opt = make_optimizer(self.cfg, self.round)
         opt_state = self._optimizer_state(opt, theta, state)
-        n = next(iter(data.values())).shape[0]
-        # data augmentation, where the task has it (vision); it draws from ``gen`` only when on
-        augment = getattr(task, "train_batch", None)
+        n = num_samples(data)
         total, steps = 0.0, 0
         for idx in minibatches(n, self.cfg, gen):
-            batch = {k: v[idx] for k, v in data.items()}
-            if augment is not None:
-                batch = augment(batch, gen)
+            # data augmentation, where the task has it on (vision); it draws from ``gen`` only then
+            batch = task.train_batch({k: v[idx] for k, v in data.items()}, gen)
             grad, loss = self.gradient(task, model, layout, theta, theta0, batch, state)
             total += loss
             opt.step(theta, grad, opt_state)
@@ -220,24 +253,11 @@ class ClientMethod:
             self._round[key] = value.clone()
 
 
-CLIENT_METHODS: Registry[type[ClientMethod]] = Registry("client method")
-
-
-@dataclass
-class LocalParams:
-    """Plain local training has no extra options."""
-
-
-ClientMethod.Params = LocalParams
-CLIENT_METHODS.register("local")(ClientMethod)
 
 
 @dataclass
 class FedProxParams:
-    mu: float = 0.01
-
-    def check(self):
-        return [("mu", f"must be >= 0, got {self.mu}")] if self.mu < 0 else []
+    mu: float = key(0.01, "weight of the proximal term (mu/2) ||theta - theta^k||^2 (Li et al. 2020)", ge=0)
 
 
 @CLIENT_METHODS.register("fedprox")
@@ -245,6 +265,7 @@ class FedProx(ClientMethod):
     """Local loss + (mu/2) ||theta - theta^k||^2 (Li et al. 2020)."""
 
     Params = FedProxParams
+    has_extra_loss = True
 
     def extra_loss(self, flat, theta0, state):
         if self.params.mu == 0:
@@ -275,13 +296,9 @@ class Scaffold(ClientMethod):
     uplink_vectors = 1
 
     Params = ScaffoldParams
+    client_state_keys = ("c",)
+    server_state_keys = ("c",)
     stacks_runs = False
-
-    def init_state(self, theta):
-        return {"c": torch.zeros_like(theta)}
-
-    def init_server_state(self, theta):
-        return {"c": torch.zeros_like(theta)}
 
     def direction(self, grad_fn, theta, state):
         grad, loss = grad_fn(theta)
@@ -304,14 +321,11 @@ class Scaffold(ClientMethod):
 
 @dataclass
 class FedDynParams:
-    """alpha: the dynamic regularizer's weight; server_correction: apply the server's
-    h-term (theta <- theta - h / alpha) after any aggregator."""
+    """FedDyn's options (Acar et al. 2021)."""
 
-    alpha: float = 0.01
-    server_correction: bool = True
-
-    def check(self):
-        return [] if self.alpha > 0 else [("alpha", f"must be > 0, got {self.alpha}")]
+    alpha: float = key(0.01, "weight of the dynamic regularizer", gt=0)
+    server_correction: bool = key(
+        True, "apply the server's h-term (theta <- theta - h / alpha) after any aggregator")
 
 
 @CLIENT_METHODS.register("feddyn")
@@ -328,13 +342,10 @@ class FedDyn(ClientMethod):
     """
 
     Params = FedDynParams
+    client_state_keys = ("grad",)
+    server_state_keys = ("h",)
+    has_extra_loss = True
     stacks_runs = False
-
-    def init_state(self, theta):
-        return {"grad": torch.zeros_like(theta)}
-
-    def init_server_state(self, theta):
-        return {"h": torch.zeros_like(theta)}
 
     def extra_loss(self, flat, theta0, state):
         return -(state["grad"] * flat).sum() + 0.5 * self.params.alpha * (flat - theta0).pow(2).sum()
@@ -357,12 +368,9 @@ class FedDyn(ClientMethod):
 
 @dataclass
 class FedSAMParams:
-    """rho: radius of the sharpness-aware perturbation."""
+    """FedSAM's option."""
 
-    rho: float = 0.05
-
-    def check(self):
-        return [] if self.rho >= 0 else [("rho", f"must be >= 0, got {self.rho}")]
+    rho: float = key(0.05, "radius of the sharpness-aware perturbation (0: plain local training)", ge=0)
 
 
 @CLIENT_METHODS.register("fedsam")
@@ -422,27 +430,16 @@ def relaxed_contrastive_loss(
 
 @dataclass
 class FedRCLParams:
-    """weight: of the relaxed contrastive term; the rest as in FedRCL's released config
-    (temperature 0.05, threshold 0.7, 2 hardest negatives, penalty weight 1)."""
+    """FedRCL's options; the defaults are those of FedRCL's released config."""
 
-    weight: float = 1.0
-    penalty: float = 1.0
-    temperature: float = 0.05
-    threshold: float = 0.7
-    topk_neg: int = 2
-
-    def check(self):
-        out = []
-        for key in ("weight", "penalty"):
-            if getattr(self, key) < 0:
-                out.append((key, f"must be >= 0, got {getattr(self, key)}"))
-        if self.temperature <= 0:
-            out.append(("temperature", f"must be > 0, got {self.temperature}"))
-        if not -1 <= self.threshold <= 1:
-            out.append(("threshold", f"a cosine similarity in [-1, 1], got {self.threshold}"))
-        if self.topk_neg < 1:
-            out.append(("topk_neg", f"must be >= 1, got {self.topk_neg}"))
-        return out
+    weight: float = key(
+        1.0, "weight of the relaxed contrastive loss (penultimate features) added to cross-entropy", ge=0)
+    penalty: float = key(1.0, "weight of the divergence penalty that pushes apart same-class samples more "
+                         "similar than `threshold`", ge=0)
+    temperature: float = key(0.05, "softmax temperature of the contrastive logits", gt=0)
+    threshold: float = key(0.7, "cosine similarity lambda from which same-class pairs enter the divergence "
+                           "penalty", ge=-1, le=1, note="(a cosine similarity)")
+    topk_neg: int = key(2, "hardest negatives per anchor: its most similar other-class samples", ge=1)
 
 
 @CLIENT_METHODS.register("fedrcl")
@@ -457,9 +454,10 @@ class FedRCL(ClientMethod):
 
     Params = FedRCLParams
     vectorizable = False  # the contrastive term couples a minibatch's samples: no padding
+    custom_objective = True
 
     def check_task(self, task):
-        if not callable(getattr(task, "features", None)) or task.loss_kind != "ce":
+        if not task.has_features or task.loss_kind != "ce":
             raise ConfigError(f"client.method: fedrcl needs a classification task with penultimate "
                               f"features (vision); {task.describe()} has none")
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fipa import keys
 from fipa.client_config import ClientConfig  # re-exported
 from fipa.errors import ConfigError  # re-exported: the project-wide user error
+from fipa.plugins import load as load_plugins
 from fipa.registry import Registry, UnknownNameError
 
 # ----------------------------------------------------------------------------- params
@@ -74,8 +76,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 def parse_params(cls: type, values: dict[str, Any], path: str) -> Any:
     """Build dataclass ``cls`` from ``values``: reject unknown keys, coerce types, validate.
 
-    ``cls`` may define ``check(self) -> list[tuple[str, str]]`` returning (key, problem)
-    pairs for range checks.
+    The bounds declared on the fields (``fipa.keys.key``) are checked first; ``cls`` may
+    define ``check(self) -> list[tuple[str, str]]`` returning (key, problem) pairs for the
+    rules that a single field's bounds cannot state (one key against another, registries).
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -90,8 +93,9 @@ def parse_params(cls: type, values: dict[str, Any], path: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{path}.{name}: missing required key")
     obj = cls(**kwargs)
-    for key, problem in getattr(obj, "check", lambda: [])():
-        raise ConfigError(f"{path}.{key}: {problem}")
+    # bounds first: check() may assume every value lies within its field's bounds
+    for name, problem in keys.bound_problems(obj) or getattr(obj, "check", lambda: [])():
+        raise ConfigError(f"{path}.{name}: {problem}")
     return obj
 
 
@@ -138,32 +142,47 @@ def parse_section(
 
 @dataclass
 class RunConfig:
-    """One training job: task x partition x client method x aggregator x seed."""
+    """One training job: task x partition x client method x aggregator x seed.
+
+    The sections (task, partition with its ``clients``, client, aggregator) are documented by
+    their Params classes; the top-level keys of a run config by the fields below.
+    """
 
     task: Section
     partition: Section
-    clients: int
+    clients: int = keys.key(ge=1)  # bounds only: the key is partition.clients (README, partition schemes)
     client: ClientConfig
     aggregator: Section
-    rounds: int
-    seed: int = 0
-    participation: float = 1.0
-    eval_every: int = 1
-    checkpoint_every: int = 1
-    dtype: str = "float64"
-    device: str = "cpu"
-    partition_file: str | None = None
-    warmup_checkpoint: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)  # grid names for tables; no effect on numbers
-    # local training of a round's clients: "auto" (size rule, fipa/vectorized.py), true
-    # (vectorized wherever the method and task allow), false (one client at a time)
-    vectorize: Any = "auto"
-    # torch CPU threads: "auto" (fipa/threads.py: 1 for small models, every core for large
-    # ones) or a count; ``fipa train --threads`` overrides it
-    threads: Any = "auto"
-    # a run whose training loss exceeds this multiple of its initial one has diverged (besides
-    # any non-finite parameter or loss): it ends with diverged: true and no final metrics
-    divergence_factor: float = 1e6
+    rounds: int = keys.key(doc="communication rounds (after the warm-up, if any)", ge=0)
+    seed: int = keys.key(0, "fixes data sampling, partition, initialization, client sampling and minibatches",
+                         ge=0, lt=2**63)
+    participation: float = keys.key(1.0, "fraction of clients sampled per round", gt=0, le=1,
+                                    note="(fraction of clients per round)")
+    eval_every: int = keys.key(1, "evaluate (test metrics, one `metrics.csv` row, one progress line) every E "
+                               "rounds and at the end", ge=1)
+    checkpoint_every: int = keys.key(1, "rounds between checkpoints (resume points)", ge=1)
+    dtype: typing.Literal["float32", "float64"] = keys.key(
+        "float64", "`float64` for regression/PDE, `float32` for vision")
+    device: str = keys.key("cpu", "`cpu`, `cuda`, `cuda:N` or `auto` (fipa/devices.py)")
+    partition_file: str | None = keys.key(None, "a partition written by `fipa partition` (null: drawn here)")
+    warmup_checkpoint: str | None = keys.key(None, "start from the final parameters of this warm-up run")
+    labels: dict[str, str] = keys.key({}, "grid names for tables; no effect on numbers")
+    vectorize: typing.Literal["auto", True, False] = keys.key(
+        "auto", "local training of a round's clients: `auto` trains them together (stacked parameters, one "
+        "`vmap` per step, fipa/vectorized.py) when at least two train per round, the client method allows it "
+        "(not `fedrcl`; no data augmentation) and one client's minibatch step is small (batch x parameters "
+        "<= 2^21); `true` wherever allowed; `false` one client at a time. Both paths give the same numbers "
+        "up to floating-point rounding; it may change between a run and its resumption")
+    threads: int | typing.Literal["auto"] = keys.key(
+        "auto", "torch CPU threads: `auto` (fipa/threads.py: 1 for small models, every core for large ones) "
+        "or a count >= 1; `fipa train --threads` overrides it")
+    divergence_factor: float = keys.key(
+        1e6, "a run whose training loss exceeds this multiple of its initial one has diverged (besides any "
+        "non-finite parameter or loss): it ends with diverged: true and no final metrics", gt=1,
+        note="(a multiple of the initial training loss)")
+    plugins: list[str] = keys.key(
+        [], "modules or .py files imported before the registries are read (fipa/plugins.py); they register "
+        "the aggregators, client methods, tasks or schemes that the sections name")
 
     def to_dict(self) -> dict[str, Any]:
         client = as_dict(self.client)
@@ -177,13 +196,15 @@ class RunConfig:
         for f in dataclasses.fields(self):
             if f.name not in ("task", "partition", "clients", "client", "aggregator"):
                 d[f.name] = getattr(self, f.name)
+        if not self.plugins:  # absent, not []: the fingerprints of runs without plugins stay as they were
+            del d["plugins"]
         return d
 
 
 _TOP_KEYS = {
     "task", "partition", "client", "aggregator", "rounds", "seed", "participation",
     "eval_every", "checkpoint_every", "dtype", "device", "partition_file", "warmup_checkpoint",
-    "labels", "vectorize", "threads", "divergence_factor",
+    "labels", "vectorize", "threads", "divergence_factor", "plugins",
 }
 _REQUIRED = ("task", "partition", "client", "aggregator", "rounds")
 _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
@@ -203,6 +224,7 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
     for key in _REQUIRED:
         if key not in raw:
             raise ConfigError(f"{key}: missing required key in {source}")
+    load_plugins(raw.get("plugins"))  # before any registry lookup: they may name a plugin's entry
 
     task, _ = parse_section(raw["task"], "task", "name", tasks.TASKS)
     part, extra = parse_section(
@@ -211,8 +233,9 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
     if "clients" not in extra:
         raise ConfigError("partition.clients: missing required key (number of clients)")
     n_clients = _coerce(extra["clients"], int, "partition.clients")
-    if n_clients < 1:
-        raise ConfigError(f"partition.clients: must be >= 1, got {n_clients}")
+    problem = keys.value_problem(RunConfig, "clients", n_clients)
+    if problem:
+        raise ConfigError(f"partition.clients: {problem}")
     n_samples = tasks.TASKS.get(task.name).sample_count(task.params)
     if n_samples is not None and n_clients > n_samples:
         raise ConfigError(f"partition.clients: {n_clients} clients but only {n_samples} training samples; "
@@ -250,24 +273,13 @@ _TOP_TYPES = {
     "dtype": typing.Literal["float32", "float64"], "device": str,
     "partition_file": str | None, "warmup_checkpoint": str | None, "labels": dict,
     "vectorize": typing.Literal["auto", True, False], "threads": Any,
-    "divergence_factor": float,
+    "divergence_factor": float, "plugins": list[str],
 }
 
 
 def _check_top(cfg: RunConfig) -> None:
-    if cfg.rounds < 0:
-        raise ConfigError(f"rounds: must be >= 0, got {cfg.rounds}")
-    if cfg.divergence_factor <= 1:
-        raise ConfigError(f"divergence_factor: must be > 1 (a multiple of the initial training loss), "
-                          f"got {cfg.divergence_factor}")
-    if not 0 <= cfg.seed < 2**63:
-        raise ConfigError(f"seed: must lie in [0, 2^63), got {cfg.seed}")
-    if not 0.0 < cfg.participation <= 1.0:
-        raise ConfigError(
-            f"participation: must lie in (0, 1] (fraction of clients per round), got {cfg.participation}"
-        )
-    if cfg.eval_every < 1:
-        raise ConfigError(f"eval_every: must be >= 1, got {cfg.eval_every}")
+    for name, problem in keys.bound_problems(cfg):
+        raise ConfigError(f"{name}: {problem}")
     if not isinstance(cfg.labels, dict) or not all(isinstance(v, str) for v in cfg.labels.values()):
         raise ConfigError("labels: expected a mapping of names to strings")
     if cfg.vectorize != "auto" and not isinstance(cfg.vectorize, bool):
@@ -275,8 +287,6 @@ def _check_top(cfg: RunConfig) -> None:
     if cfg.threads != "auto" and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
                                   or cfg.threads < 1):
         raise ConfigError(f"threads: use auto or a count >= 1, got {cfg.threads!r}")
-    if cfg.checkpoint_every < 1:
-        raise ConfigError(f"checkpoint_every: must be >= 1, got {cfg.checkpoint_every}")
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device: use cpu, cuda, cuda:N or auto, got {cfg.device!r}")
     for key in ("partition_file", "warmup_checkpoint"):

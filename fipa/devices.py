@@ -137,11 +137,6 @@ def granted() -> Grant:
     return Grant(tuple(Gpu(i, physical_key(i)) for i in _ordinals()), bound_by, in_job)
 
 
-def visible_gpus() -> list[int]:
-    """torch ordinals of the GPUs granted to this job."""
-    return [g.ordinal for g in granted().gpus]
-
-
 def lock_dir() -> Path:
     """$FIPA_GPU_LOCK_DIR, else a per-node, per-user directory (/dev/shm, else the temp directory).
 

@@ -16,5 +16,10 @@ class ConfigError(FipaError, ValueError):
     """Bad input, found before any training; the message names the key and the fix."""
 
 
+class UnreadableFileError(FipaError):
+    """A file the run needs (checkpoint, warm-up state, partition) exists but cannot be read;
+    the message names the file and what to do (delete it, rerun its producing step)."""
+
+
 class RunDirBusy(FipaError):
     """Another process holds the run directory's lock (fipa.io.RunDirLock)."""

@@ -7,6 +7,7 @@ run config is a plain dict that ``fipa train`` validates; nothing here imports S
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ TASK_RUN_KEYS = ("rounds", "eval_every", "checkpoint_every", "participation", "d
 
 
 @dataclass(frozen=True)
-class Cell:
+class GridCell:
     """One training job of the grid."""
 
     task: str
@@ -27,10 +28,6 @@ class Cell:
     @property
     def run_id(self) -> str:
         return f"{self.task}/{self.partition}/{self.method}/{self.aggregator}/seed{self.seed}"
-
-    @property
-    def partition_id(self) -> str:
-        return f"{self.task}/{self.partition}/seed{self.seed}"
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
@@ -45,7 +42,7 @@ def _selected(task_cfg: dict[str, Any], key: str, all_names: list[str]) -> list[
     return list(all_names) if chosen is None else list(chosen)
 
 
-def cells(config: dict[str, Any]) -> list[Cell]:
+def cells(config: dict[str, Any]) -> list[GridCell]:
     """Every job of the grid, in a stable order."""
     out = []
     for tname, t in config["tasks"].items():
@@ -55,7 +52,7 @@ def cells(config: dict[str, Any]) -> list[Cell]:
             for method in methods:
                 for agg in aggs:
                     for seed in config["seeds"]:
-                        out.append(Cell(tname, pname, method, agg, int(seed)))
+                        out.append(GridCell(tname, pname, method, agg, int(seed)))
     return out
 
 
@@ -81,7 +78,7 @@ def warmup_spec(config: dict[str, Any], task: str, partition: str, seed: int,
     """
     t = config["tasks"][task]
     w = t["warmup"]
-    cell = Cell(task, partition, w.get("client_method", "local"), w.get("aggregator", "fedavg"), seed)
+    cell = GridCell(task, partition, w.get("client_method", "local"), w.get("aggregator", "fedavg"), seed)
     spec = run_spec(config, cell, partition_file, warmup_file=None)
     spec["rounds"] = w["rounds"]
     spec["labels"] = {**spec["labels"], "aggregator": f"warmup-{cell.aggregator}"}
@@ -92,7 +89,7 @@ def warmup_file(task: str, partition: str, seed: int) -> str:
     return f"results/warmup/{task}/{partition}/seed{seed}/state.pt"
 
 
-def run_spec(config: dict[str, Any], cell: Cell, partition_file: str,
+def run_spec(config: dict[str, Any], cell: GridCell, partition_file: str,
              warmup_file: str | None = None) -> dict[str, Any]:
     """The full run config of one cell, with the partition file (and warm-up state) it starts from."""
     t = config["tasks"][cell.task]
@@ -153,10 +150,7 @@ def check(config: dict[str, Any]) -> None:
             specs.append((f"tasks.{cell.task}.warmup", warmup_spec(config, cell.task, cell.partition,
                                                                  cell.seed, "")))
         for where, spec in specs:
-            spec.pop("partition_file", None)
-            spec.pop("warmup_checkpoint", None)
-            spec.pop("labels", None)
-            key = repr(sorted((k, repr(v)) for k, v in spec.items() if k != "seed"))
+            key = _seedless_key(spec)
             if key in checked:  # seeds only change the seed: validated once
                 continue
             checked.add(key)
@@ -164,3 +158,46 @@ def check(config: dict[str, Any]) -> None:
                 parse_run_config(spec, where)
             except ConfigError as e:
                 raise ConfigError(f"{where}: {e}") from None
+
+
+def _seedless_key(spec: dict[str, Any]) -> str:
+    """Drop the file references and labels of ``spec`` (in place); a key equal for every seed."""
+    for k in ("partition_file", "warmup_checkpoint", "labels"):
+        spec.pop(k, None)
+    return repr(sorted((k, repr(v)) for k, v in spec.items() if k != "seed"))
+
+
+def plan_cells(config: dict[str, Any], batched: Callable[[str], bool]) -> list[tuple[str, str, Any]]:
+    """(run id, Snakemake job, RunConfig) of every cell, for the progress plan (fipa/progress.py).
+
+    The job is the cell's ``train_batch`` job (task/partition/method) where its task is
+    ``batched``, else the cell itself; configs are parsed once per seedless spec.
+    """
+    from fipa.config import parse_run_config
+
+    parsed: dict[str, Any] = {}
+    out = []
+    for cell in cells(config):
+        spec = run_spec(config, cell, "", None)
+        key = _seedless_key(spec)
+        if key not in parsed:
+            parsed[key] = parse_run_config(spec, cell.run_id)
+        job = f"{cell.task}/{cell.partition}/{cell.method}" if batched(cell.task) else cell.run_id
+        out.append((cell.run_id, job, parsed[key]))
+    return out
+
+
+def missing_data(config: dict[str, Any], tasks: list[str]) -> list[str]:
+    """``tasks.<task>: <what is missing, and the command that fetches it>`` for each of the
+    config's ``tasks`` whose data are not on disk (Task.missing_data; paths only, nothing loaded)."""
+    from fipa.config import parse_run_config
+    from fipa.tasks import TASKS
+
+    out = []
+    for name in tasks:
+        first = next(iter(config["tasks"][name]["partitions"]))
+        task = parse_run_config(partition_spec(config, name, first, 0), f"tasks.{name}").task
+        why = TASKS.get(task.name).missing_data(task.params)
+        if why:
+            out.append(f"tasks.{name}: {why}")
+    return out

@@ -12,8 +12,6 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from matplotlib.colors import to_hex
-
 
 @dataclass(frozen=True)
 class Style:
@@ -61,21 +59,6 @@ def style(aggregator: str) -> Style:
 def color(aggregator: str) -> str:
     """Hex colour of ``aggregator`` (lower case, '#rrggbb')."""
     return style(aggregator).color
-
-
-def colors(aggregators) -> dict[str, str]:
-    """{name: hex colour} for seaborn's ``palette=`` argument."""
-    return {a: color(a) for a in aggregators}
-
-
-def markers(aggregators) -> dict[str, str]:
-    """{name: marker} for seaborn's ``markers=`` argument."""
-    return {a: style(a).marker for a in aggregators}
-
-
-def same_color(a, b) -> bool:
-    """Whether two matplotlib colour specifications name the same RGB colour."""
-    return to_hex(a, keep_alpha=False) == to_hex(b, keep_alpha=False)
 
 
 def order(names) -> list[str]:

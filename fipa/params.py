@@ -44,20 +44,9 @@ class ParamLayout:
         chunks = torch.split(flat, self.sizes, dim=-1)
         return {n: c.unflatten(-1, s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
 
-    def flatten_batched(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """dict of tensors with a leading batch axis [B, ...] -> [B, P]."""
-        first = params[self.names[0]]
-        return torch.cat([params[n].reshape(first.shape[0], -1) for n in self.names], dim=1)
-
-
 def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a module's parameters, keyed by name."""
     return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def model_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached copies of a module's buffers (e.g. BatchNorm statistics)."""
-    return {n: b.detach().clone() for n, b in model.named_buffers()}
 
 
 def call(model: nn.Module, params: dict[str, torch.Tensor], *args: torch.Tensor) -> torch.Tensor:

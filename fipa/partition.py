@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fipa.errors import ConfigError
+from fipa.keys import key
 from fipa.registry import Registry
 
 
@@ -62,13 +63,12 @@ class IIDParams:
     """Uniformly random equal-size shards."""
 
 
+@SCHEMES.register("iid", params=IIDParams)
 def iid(data: PartitionInput, clients: int, rng: np.random.Generator, params: Any):
     _check_enough(data, clients)
     return _require_nonempty(np.array_split(rng.permutation(data.n), clients), "")
 
 
-iid.Params = IIDParams
-SCHEMES.register("iid")(iid)
 
 
 @dataclass
@@ -79,13 +79,9 @@ class DomainSplitParams:
     grid of blocks. pieces = 1 gives each client one contiguous part (the hardest case).
     """
 
-    pieces: int = 1
-    axis: int | None = None
-
-    def check(self) -> list[tuple[str, str]]:
-        if self.pieces < 1:
-            return [("pieces", f"must be >= 1, got {self.pieces}")]
-        return []
+    pieces: int = key(1, "the domain is cut into `pieces x clients` cells, dealt to clients in turn", ge=1)
+    axis: int | None = key(None, "split along this input axis only (intervals); null: a grid of blocks over "
+                           "every axis")
 
 
 def grid_shape(cells: int, dims: int) -> list[int]:
@@ -101,7 +97,7 @@ def grid_shape(cells: int, dims: int) -> list[int]:
     return sorted(shape, reverse=True)
 
 
-def cell_of(coords: np.ndarray, bounds: list[tuple[float, float]], shape: list[int], axes: list[int]):
+def block_of(coords: np.ndarray, bounds: list[tuple[float, float]], shape: list[int], axes: list[int]):
     """Row-major cell index [n] of each point on a grid of ``shape`` over ``axes``."""
     idx = np.zeros(len(coords), dtype=np.int64)
     for ax, k in zip(axes, shape, strict=True):
@@ -111,6 +107,7 @@ def cell_of(coords: np.ndarray, bounds: list[tuple[float, float]], shape: list[i
     return idx
 
 
+@SCHEMES.register("domain_split", params=DomainSplitParams)
 def domain_split(data: PartitionInput, clients: int, rng: np.random.Generator, params):
     if data.coords is None or data.bounds is None:
         raise ConfigError("partition.scheme: domain_split needs a task with input coordinates")
@@ -121,15 +118,13 @@ def domain_split(data: PartitionInput, clients: int, rng: np.random.Generator, p
     cells = params.pieces * clients
     axes = [params.axis] if params.axis is not None else list(range(dims))
     shape = [cells] if len(axes) == 1 else grid_shape(cells, len(axes))
-    owner = cell_of(data.coords, data.bounds, shape, axes) % clients
+    owner = block_of(data.coords, data.bounds, shape, axes) % clients
     return _require_nonempty(
         [np.flatnonzero(owner == c) for c in range(clients)],
         "use fewer clients or pieces, or more samples",
     )
 
 
-domain_split.Params = DomainSplitParams
-SCHEMES.register("domain_split")(domain_split)
 
 
 # ----------------------------------------------------------------------------- label skew
@@ -166,21 +161,13 @@ class DirichletParams:
     Small alpha: each client sees few classes and sizes vary.
     """
 
-    alpha: float = 0.5
-    min_size: int = 10
-    max_tries: int = 1000
-
-    def check(self) -> list[tuple[str, str]]:
-        out = []
-        if not self.alpha > 0:
-            out.append(("alpha", f"must be > 0, got {self.alpha}"))
-        if self.min_size < 1:
-            out.append(("min_size", f"must be >= 1, got {self.min_size}"))
-        if self.max_tries < 1:
-            out.append(("max_tries", f"must be >= 1, got {self.max_tries}"))
-        return out
+    alpha: float = key(0.5, "concentration of each class's split Dir(alpha 1_M) over the clients; small "
+                       "alpha: few classes per client, unequal sizes", gt=0)
+    min_size: int = key(10, "samples every client must hold; the whole draw is repeated until all do", ge=1)
+    max_tries: int = key(1000, "draws before giving up (an error naming min_size)", ge=1)
 
 
+@SCHEMES.register("dirichlet", params=DirichletParams)
 def dirichlet(data: PartitionInput, clients: int, rng: np.random.Generator, params: DirichletParams):
     labels, k = _require_labels(data, "dirichlet")
     _check_alpha(params.alpha)
@@ -207,8 +194,6 @@ def dirichlet(data: PartitionInput, clients: int, rng: np.random.Generator, para
                       "alpha or use fewer clients")
 
 
-dirichlet.Params = DirichletParams
-SCHEMES.register("dirichlet")(dirichlet)
 
 
 @dataclass
@@ -221,12 +206,10 @@ class DirichletBalancedParams:
     drawn from pi_m renormalized over the classes that still have samples left.
     """
 
-    alpha: float = 0.5
-
-    def check(self) -> list[tuple[str, str]]:
-        return [] if self.alpha > 0 else [("alpha", f"must be > 0, got {self.alpha}")]
+    alpha: float = key(0.5, "concentration of each client's class priors Dir(alpha 1_K)", gt=0)
 
 
+@SCHEMES.register("dirichlet_balanced", params=DirichletBalancedParams)
 def dirichlet_balanced(
     data: PartitionInput, clients: int, rng: np.random.Generator, params: DirichletBalancedParams
 ):
@@ -254,8 +237,6 @@ def dirichlet_balanced(
     return _require_nonempty([np.asarray(o) for o in owned], "")
 
 
-dirichlet_balanced.Params = DirichletBalancedParams
-SCHEMES.register("dirichlet_balanced")(dirichlet_balanced)
 
 
 @dataclass
@@ -264,14 +245,11 @@ class ShardsParams:
     ``clients * shards_per_client`` equal shards, deal each client ``shards_per_client``
     of them at random. Each client sees at most ``shards_per_client`` classes."""
 
-    shards_per_client: int = 2
-
-    def check(self) -> list[tuple[str, str]]:
-        if self.shards_per_client < 1:
-            return [("shards_per_client", f"must be >= 1, got {self.shards_per_client}")]
-        return []
+    shards_per_client: int = key(2, "label-sorted shards per client: at most that many classes each; at "
+                                 "most the task's class count", ge=1)
 
 
+@SCHEMES.register("shards", params=ShardsParams)
 def shards(data: PartitionInput, clients: int, rng: np.random.Generator, params: ShardsParams):
     labels, k = _require_labels(data, "shards")
     s = params.shards_per_client
@@ -289,8 +267,6 @@ def shards(data: PartitionInput, clients: int, rng: np.random.Generator, params:
     return _require_nonempty([np.concatenate([pieces[j] for j in row]) for row in deal], "")
 
 
-shards.Params = ShardsParams
-SCHEMES.register("shards")(shards)
 
 
 @dataclass
@@ -303,16 +279,12 @@ class QuantitySkewParams:
     keeps the same shape of skew and always succeeds.)
     """
 
-    alpha: float = 0.5
-    min_size: int = 10
-
-    def check(self) -> list[tuple[str, str]]:
-        out = [] if self.alpha > 0 else [("alpha", f"must be > 0, got {self.alpha}")]
-        if self.min_size < 1:
-            out.append(("min_size", f"must be >= 1, got {self.min_size}"))
-        return out
+    alpha: float = key(0.5, "concentration of the client proportions Dir(alpha 1_M) of the samples above "
+                       "the minimum", gt=0)
+    min_size: int = key(10, "samples every client gets before the Dirichlet cut", ge=1)
 
 
+@SCHEMES.register("quantity_skew", params=QuantitySkewParams)
 def quantity_skew(data: PartitionInput, clients: int, rng: np.random.Generator, params: QuantitySkewParams):
     _check_alpha(params.alpha)
     _check_enough(data, clients)
@@ -325,8 +297,6 @@ def quantity_skew(data: PartitionInput, clients: int, rng: np.random.Generator, 
     return _require_nonempty(np.split(perm, cuts), "")
 
 
-quantity_skew.Params = QuantitySkewParams
-SCHEMES.register("quantity_skew")(quantity_skew)
 
 
 # ----------------------------------------------------------------------------- api

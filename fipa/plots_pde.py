@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from fipa.checkpoint import CHECKPOINT, read_checkpoint
 from fipa.config import RunConfig, parse_run_config
 from fipa.io import read_yaml
 from fipa.partition import grid_shape, make_partition
-from fipa.simulate import CHECKPOINT, Simulation
+from fipa.simulate import Simulation
 
 
 @dataclass
@@ -69,7 +69,7 @@ def load_solution(run_dir: str | Path, label: str | None = None) -> RunSolution:
     if cfg.task.name != "pde":
         raise ValueError(f"{run_dir}: task {cfg.task.name!r} is not a PINN (task.name: pde)")
     sim = Simulation.build(cfg)
-    state = torch.load(run_dir / CHECKPOINT, weights_only=True, map_location="cpu")
+    state = read_checkpoint(run_dir / CHECKPOINT)
     params = sim.layout.unflatten(state["theta"].to(sim.layout.flatten(
         dict(sim.model.named_parameters())).dtype))
     X, u_pred, u_ref = sim.task.solution_grid(sim.model, params)
@@ -104,11 +104,6 @@ def _final_key(d: str | Path, metric: str) -> float:
     f = json.loads((Path(d) / "final.json").read_text())
     v = f["final"].get(metric, float("inf"))
     return float("inf") if f["diverged"] or v is None or not np.isfinite(v) else float(v)
-
-
-def best_seed(run_dirs: list[str | Path], metric: str = "rel_l2") -> Path:
-    """The run directory with the lowest final ``metric`` in its final.json (diverged runs last)."""
-    return Path(min(run_dirs, key=lambda d: _final_key(d, metric)))
 
 
 def median_seed(run_dirs: list[str | Path], metric: str = "rel_l2") -> Path:

@@ -21,7 +21,9 @@ class UnknownNameError(ConfigError, KeyError):
 class Registry(Generic[T]):
     """A mapping from config names to classes or functions.
 
-    Adding an entry is one decorator: ``@AGGREGATORS.register("fedavg")``.
+    Adding an entry is one decorator on its definition: ``@AGGREGATORS.register("fedavg")``;
+    a function entry that takes options names their dataclass there too:
+    ``@SCHEMES.register("iid", params=IIDParams)`` (it becomes ``entry.Params``).
     """
 
     def __init__(self, kind: str) -> None:
@@ -29,12 +31,14 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
         self._lazy: dict[str, str] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator that files ``obj`` under ``name``."""
+    def register(self, name: str, params: type | None = None) -> Callable[[T], T]:
+        """Decorator that files ``obj`` under ``name`` (and sets ``obj.Params = params``)."""
 
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if params is not None:
+                obj.Params = params  # type: ignore[attr-defined]
             self._entries[name] = obj
             return obj
 

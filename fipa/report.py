@@ -250,12 +250,6 @@ def paired_effects(summary: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
-def paired_difference(summary: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """Kept for callers of the old API: paired_effects with ``ratio`` = value_a / value_b."""
-    e = paired_effects(summary, a, b)
-    return e.assign(ratio=e["value_a"] / e["value_b"].replace(0, np.nan))
-
-
 def pooled_interval(effects: pd.DataFrame, level: float = 0.95) -> tuple[Interval, pd.Series]:
     """Per seed, the mean log-ratio over the cells (task x partition x method) of ``effects``
     (seeds missing a finite value in some cell are left out), and the t interval over seeds."""
@@ -876,37 +870,6 @@ def load_ablations(results: str | Path) -> pd.DataFrame:
     dirs = [d for d in (root / "results" / "runs", root / "runs") if d.is_dir()]
     s = collect(dirs) if dirs else pd.DataFrame()
     return attach_knobs(s) if not s.empty else s
-
-
-def knob_figures(panels: list[KnobPanel]) -> dict[str, object]:
-    """{knob: figure} with one panel per KnobPanel, knobs in ABLATION_KNOBS order."""
-    from fipa import report_plots as rp
-
-    return {k: rp.knob_figure([p for p in panels if p.knob == k], KNOB_LABELS[k])
-            for k in ABLATION_KNOBS if any(p.knob == k for p in panels)}
-
-
-def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
-    """Convergence and final-metric figures for every task x partition in the summary; for an
-    ablation run (is_ablation_run) also ``knob_<knob>`` figures, the metric against each knob."""
-    from fipa import report_plots as rp
-
-    summary = pd.read_csv(summary_csv)
-    outdir = Path(outdir)
-    written: list[Path] = []
-    curves = load_curves(summary)
-    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
-        metric = g["primary_metric"].iloc[0]
-        c = curves[(curves["task"] == task) & (curves["partition"] == part)]
-        title = f"{task} / {part}"
-        written += rp.save_figure(rp.convergence_figure(c, metric, title),
-                                  outdir / f"convergence_{task}_{part}")
-        written += rp.save_figure(rp.final_figure(g, metric, title), outdir / f"final_{task}_{part}")
-    knobs = attach_knobs(summary) if not summary.empty else summary
-    if is_ablation_run(knobs):  # an ablation run (config/ablations.yaml): metric against each knob
-        for knob, fig in knob_figures(ablation_panels(knobs)).items():
-            written += rp.save_figure(fig, outdir / f"knob_{knob}")
-    return written
 
 
 # ----------------------------------------------------------------------------- executing the notebook

@@ -18,7 +18,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fipa import palette
-from fipa.report import METRIC_LABELS, at_value, direction_of, knob_text, paired_effects
+from fipa.report import (
+    ABLATION_KNOBS,
+    KNOB_LABELS,
+    METRIC_LABELS,
+    KnobPanel,
+    ablation_panels,
+    at_value,
+    attach_knobs,
+    direction_of,
+    is_ablation_run,
+    knob_text,
+    load_curves,
+    paired_effects,
+)
 
 GID = "agg:"
 
@@ -475,3 +488,33 @@ def save_figure(fig: Figure, path_stem: Path) -> list[Path]:
     for p in paths:
         fig.savefig(p, bbox_inches="tight", dpi=120)
     return paths
+
+
+# ----------------------------------------------------------------------------- the figures rule
+
+
+def knob_figures(panels: list[KnobPanel]) -> dict[str, object]:
+    """{knob: figure} with one panel per KnobPanel, knobs in ABLATION_KNOBS order."""
+    return {k: knob_figure([p for p in panels if p.knob == k], KNOB_LABELS[k])
+            for k in ABLATION_KNOBS if any(p.knob == k for p in panels)}
+
+
+def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
+    """Convergence and final-metric figures for every task x partition in the summary; for an
+    ablation run (is_ablation_run) also ``knob_<knob>`` figures, the metric against each knob."""
+    summary = pd.read_csv(summary_csv)
+    outdir = Path(outdir)
+    written: list[Path] = []
+    curves = load_curves(summary)
+    for (task, part), g in summary.groupby(["task", "partition"], sort=False):
+        metric = g["primary_metric"].iloc[0]
+        c = curves[(curves["task"] == task) & (curves["partition"] == part)]
+        title = f"{task} / {part}"
+        written += save_figure(convergence_figure(c, metric, title),
+                                  outdir / f"convergence_{task}_{part}")
+        written += save_figure(final_figure(g, metric, title), outdir / f"final_{task}_{part}")
+    knobs = attach_knobs(summary) if not summary.empty else summary
+    if is_ablation_run(knobs):  # an ablation run (config/ablations.yaml): metric against each knob
+        for knob, fig in knob_figures(ablation_panels(knobs)).items():
+            written += save_figure(fig, outdir / f"knob_{knob}")
+    return written

@@ -7,7 +7,6 @@ checkpoint ends with exactly the numbers of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -16,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +24,32 @@ import torch
 
 from fipa import buffers, devices, vectorized
 from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, LossProbe
+from fipa.checkpoint import (
+    CHECKPOINT,
+    RunState,
+    fingerprint,
+    load_checkpoint,
+    load_warmup,
+    read_checkpoint,
+    save_checkpoint,
+)
 from fipa.client_config import ClientConfig
 from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size, steps_per_round
 from fipa.config import RunConfig
 from fipa.curvature import CurvatureRequest, client_curvature
-from fipa.errors import ConfigError
+from fipa.errors import ConfigError, UnreadableFileError
 from fipa.io import RunDirLock, remove_stale_temps, write_csv, write_json
 from fipa.losses import hessian_scale, mean_loss
 from fipa.params import ParamLayout
 from fipa.partition import make_partition
 from fipa.tasks import build_task
-from fipa.tasks.base import Batch, Task
+from fipa.tasks.base import Batch, Task, num_samples
 from fipa.threads import ThreadChoice, choose_threads
 from fipa.threads import apply as apply_threads
 from fipa.vectorized import choose_path
 
-CHECKPOINT = "checkpoint.pt"
 BASE_COLUMNS = ["round", "train_loss", "test_loss"]
 TAIL_COLUMNS = ["uplink_bytes", "uplink_bytes_total", "diverged", "wall_s"]
-# keys that may change between a run and its resumption without changing its numbers
-# (vectorize: the two local-training paths agree up to floating-point rounding)
-_RESUMABLE_KEYS = ("rounds", "device", "eval_every", "checkpoint_every", "labels", "partition_file",
-                   "vectorize", "threads")
-
-
-def fingerprint(cfg: RunConfig) -> str:
-    d = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_KEYS}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
     """Move a checkpointed run of another config into ``outdir/superseded/<time>/``.
 
@@ -70,8 +66,8 @@ def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
         # a finished run whose checkpoint is gone: it cannot be resumed, and must not be overwritten
     else:
         try:
-            stored = torch.load(ckpt, weights_only=True, map_location="cpu").get("fingerprint")
-        except Exception:
+            stored = read_checkpoint(ckpt).get("fingerprint")
+        except UnreadableFileError:
             return None
         if stored == fingerprint(cfg):
             return None
@@ -148,25 +144,6 @@ def sample_clients(seed: int, rnd: int, num_clients: int, participation: float) 
     return sorted(rng.choice(num_clients, size=k, replace=False).tolist())
 
 
-@dataclass
-class RunState:
-    """Everything a checkpoint holds."""
-
-    round: int
-    theta: torch.Tensor
-    agg_state: dict[str, torch.Tensor]
-    client_states: dict[str, dict[str, torch.Tensor]]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    diverged: bool = False
-    uplink_total: int = 0
-    wall_s: float = 0.0
-    method_state: dict[str, torch.Tensor] = field(default_factory=dict)  # client method's server side
-    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # global BatchNorm statistics
-
-    def to_dict(self, fp: str) -> dict[str, Any]:
-        return {**self.__dict__, "fingerprint": fp}
-
-
 def load_partition(path: str, cfg: RunConfig, n: int) -> list[np.ndarray]:
     """Client index lists from a ``fipa partition`` file, checked against this run."""
     try:
@@ -180,30 +157,6 @@ def load_partition(path: str, cfg: RunConfig, n: int) -> list[np.ndarray]:
             f"but this run has {cfg.clients} clients over {n}; regenerate it with `fipa partition`"
         )
     return parts
-
-
-def load_checkpoint(path: Path, fp: str, device: torch.device | str = "cpu") -> RunState:
-    try:
-        raw = torch.load(path, weights_only=True, map_location=device)
-        if raw.pop("fingerprint") != fp:
-            raise ConfigError(
-                f"{path}: checkpoint belongs to a different config; move it away or use another "
-                "output directory"
-            )
-        return RunState(**raw)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(
-            f"{path}: checkpoint is corrupt or truncated ({type(e).__name__}); delete it to "
-            "restart this run from round 0"
-        ) from None
-
-
-def save_checkpoint(path: Path, state: RunState, fp: str) -> None:
-    from fipa.io import atomic_write
-
-    atomic_write(path, lambda fh: torch.save(state.to_dict(fp), fh), mode="wb")
 
 
 def pooled(batches: list[Batch]) -> Batch:
@@ -252,12 +205,12 @@ class Simulation:
         layout = ParamLayout.of(model)
         per_round = max(1, round(cfg.participation * len(data))) if len(data) > 1 else 1
         vec, why = choose_path(cfg.vectorize, method, task, model, layout.numel,
-                               [next(iter(d.values())).shape[0] for d in data], per_round)
+                               [num_samples(d) for d in data], per_round)
         return cls(cfg, task, model, layout, data, agg, method, device, vec, why)
 
     def step_work(self) -> int:
         """Numbers one local step multiplies: the largest client minibatch x parameters."""
-        widest = max(batch_size(vectorized.num_samples(d), self.method.cfg) for d in self.data)
+        widest = max(batch_size(num_samples(d), self.method.cfg) for d in self.data)
         return widest * self.layout.numel
 
     def initial_theta(self) -> torch.Tensor:
@@ -278,24 +231,6 @@ class Simulation:
             row = {"train_loss": float(mean_loss(self.task.loss_kind, out, self.task.targets(train)))}
         row.update(self.task.evaluate(self.model, params))
         return row
-
-    def client_round(self, theta: torch.Tensor, rnd: int, m: int, state: dict) -> ClientUpdate:
-        """One client's local work and upload for round ``rnd``."""
-        seed = self.cfg.seed
-        gen = torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xC1))
-        local = buffers.local_training(self.model) if buffers.has_buffers(self.model) else nullcontext({})
-        with local as upload:  # BatchNorm statistics: train mode from the global ones, then back
-            result = self.method.train(self.task, self.model, self.layout, theta, self.data[m], gen, state)
-        update = ClientUpdate(result.theta - theta, next(iter(self.data[m].values())).shape[0],
-                              buffers=upload.get("client"))
-        request = self.aggregator.curvature_request()
-        if request is not None:
-            at = theta if request.at == "broadcast" else result.theta
-            cgen = torch.Generator().manual_seed(derive_seed(seed, rnd, m, 0xCF))
-            curv = client_curvature(request, self.task, self.model, self.layout, at, self.data[m], cgen)
-            update.factor, update.eigvals = curv.get("factor"), curv.get("eigvals")
-            update.diag = curv.get("diag")
-        return update
 
     def round_updates(self, theta: torch.Tensor, rnd: int, chosen: list[int],
                       client_states: dict[str, dict[str, torch.Tensor]]) -> list[ClientUpdate]:
@@ -327,7 +262,7 @@ class Simulation:
         and call, whose result each client would upload as one scalar.
         """
         datas = [self.data[m] for m in chosen]
-        sizes = torch.tensor([next(iter(d.values())).shape[0] for d in datas], dtype=torch.float64)
+        sizes = torch.tensor([num_samples(d) for d in datas], dtype=torch.float64)
         weights = (sizes / sizes.sum()).tolist()
 
         def loss(theta: torch.Tensor) -> float:
@@ -338,6 +273,9 @@ class Simulation:
                            for w, d in zip(weights, datas, strict=True))
 
         return LossProbe(loss, len(chosen), hessian_scale(self.task.loss_kind))
+
+
+TRAIN_SALT, CURVATURE_SALT = 0xC1, 0xCF  # purposes of a row's generators (derive_seed)
 
 
 @dataclass
@@ -354,37 +292,72 @@ class Row:
     client: int
     state: dict[str, torch.Tensor]
 
+    @property
+    def data(self) -> Batch:
+        return self.sim.data[self.client]
+
+    def generator(self, salt: int) -> torch.Generator:
+        """A generator seeded by (seed, round, client, purpose): a row draws the same numbers
+        whichever rows it trains with."""
+        return torch.Generator().manual_seed(derive_seed(self.sim.cfg.seed, self.rnd, self.client, salt))
+
 
 def train_rows(rows: list[Row], vectorize: bool) -> list[ClientUpdate]:
     """Local training and curvature of ``rows``: one row at a time, or all in one vectorized call.
 
-    Rows may come from several runs that share task settings, client config and model
-    (``Simulation.stack_key``): local training stacks their parameters [rows, P], each row
-    starting from its own run's theta^k; curvature is taken per request (rank, method, ...)
-    over the rows whose run asks for it. Every row draws from generators seeded by its own
-    (seed, round, client), so a row's result does not depend on what it was stacked with.
+    The single path of every round: a single client, a round's clients and the rows of
+    several runs (``Simulation.stack_key``: same task settings, client config and model) are
+    lists of rows of different lengths. Local training stacks the rows' parameters [rows, P],
+    each from its own run's theta^k (``vectorize``, at least two rows), or trains them one by
+    one; curvature is then taken per request (rank, method, ...) over the rows whose run asks
+    for it, at the broadcast or the local model.
     """
-    if not vectorize or len(rows) < 2:
-        return [r.sim.client_round(r.theta, r.rnd, r.client, r.state) for r in rows]
-    lead = rows[0].sim
-    datas = [r.sim.data[r.client] for r in rows]
-    gens = [torch.Generator().manual_seed(derive_seed(r.sim.cfg.seed, r.rnd, r.client, 0xC1)) for r in rows]
-    one_run = all(r.theta is rows[0].theta for r in rows)
-    theta0 = rows[0].theta if one_run else torch.stack([r.theta for r in rows])  # [P] or [rows, P]
-    thetas = vectorized.local_train(lead.method, lead.task, lead.model, lead.layout, theta0, datas,
-                                    gens, [r.state for r in rows])  # [rows, P]
-    updates = [ClientUpdate(thetas[i] - r.theta, vectorized.num_samples(d))
-               for i, (r, d) in enumerate(zip(rows, datas, strict=True))]
+    stacked = vectorize and len(rows) >= 2
+    local = _train_stacked(rows) if stacked else [_train_one(r) for r in rows]  # [rows][P]
+    updates = [ClientUpdate(theta - r.theta, num_samples(r.data), buffers=up)
+               for r, (theta, up) in zip(rows, local, strict=True)]
     for request, idx in _by_request(rows):
-        cgens = [torch.Generator().manual_seed(derive_seed(rows[i].sim.cfg.seed, rows[i].rnd, rows[i].client,
-                                                           0xCF)) for i in idx]
-        at = thetas[idx] if request.at == "local" else theta0 if one_run else theta0[idx]
-        curvs = vectorized.round_curvature(request, lead.task, lead.model, lead.layout, at,
-                                           [datas[i] for i in idx], cgens)
-        for i, curv in zip(idx, curvs, strict=True):
-            updates[i].factor, updates[i].eigvals = curv.get("factor"), curv.get("eigvals")
+        at = [rows[i].theta if request.at == "broadcast" else local[i][0] for i in idx]
+        for i, curv in zip(idx, _curvature(request, [rows[i] for i in idx], at, stacked), strict=True):
+            updates[i].factor = curv.get("factor")
             updates[i].diag = curv.get("diag")
     return updates
+
+
+def _train_one(r: Row) -> tuple[torch.Tensor, dict | None]:
+    """(theta_m [P], the BatchNorm statistics it uploads or None) of one row, sequentially."""
+    sim = r.sim
+    local = buffers.local_training(sim.model) if buffers.has_buffers(sim.model) else nullcontext({})
+    with local as upload:  # BatchNorm statistics: train mode from the global ones, then back
+        result = sim.method.train(sim.task, sim.model, sim.layout, r.theta, r.data, r.generator(TRAIN_SALT),
+                                  r.state)
+    return result.theta, upload.get("client")
+
+
+def _train_stacked(rows: list[Row]) -> list[tuple[torch.Tensor, None]]:
+    """Every row's theta_m [P] from one vectorized call (fipa/vectorized.py)."""
+    lead = rows[0].sim
+    one_run = all(r.theta is rows[0].theta for r in rows)
+    theta0 = rows[0].theta if one_run else torch.stack([r.theta for r in rows])  # [P] or [rows, P]
+    thetas = vectorized.local_train(lead.method, lead.task, lead.model, lead.layout, theta0,
+                                    [r.data for r in rows], [r.generator(TRAIN_SALT) for r in rows],
+                                    [r.state for r in rows])  # [rows, P]
+    return [(thetas[i], None) for i in range(len(rows))]
+
+
+def _curvature(request: CurvatureRequest, rows: list[Row], at: list[torch.Tensor], stacked: bool
+               ) -> list[dict[str, torch.Tensor]]:
+    """Curvature uploads of ``rows`` at their points ``at`` ([P] each): stacked over the rows in
+    one call where their training was, else row by row."""
+    gens = [r.generator(CURVATURE_SALT) for r in rows]
+    if not stacked:
+        return [client_curvature(request, r.sim.task, r.sim.model, r.sim.layout, a, r.data, g)
+                for r, a, g in zip(rows, at, gens, strict=True)]
+    lead = rows[0].sim
+    shared = all(a is at[0] for a in at)
+    points = at[0] if shared else torch.stack(at)  # [P] or [rows, P]
+    return vectorized.round_curvature(request, lead.task, lead.model, lead.layout, points,
+                                      [r.data for r in rows], gens)
 
 
 def _by_request(rows: list[Row]) -> list[tuple[CurvatureRequest, list[int]]]:
@@ -415,26 +388,6 @@ def centralized_client(cfg: ClientConfig, sizes: list[int]) -> ClientConfig:
     """
     steps = round(sum(steps_per_round(n, cfg) for n in sizes) / len(sizes))
     return dataclasses.replace(cfg, local_steps=max(1, steps))
-
-
-def load_warmup(path: str, like: torch.Tensor, like_buffers: dict[str, torch.Tensor] | None = None,
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(theta [P], buffers) of a warm-up state file (``fipa export-warmup``), checked against
-    the model's parameter count and buffer names."""
-    try:
-        raw = torch.load(path, weights_only=True)
-        theta, warm_buffers = raw["theta"], raw.get("buffers", {})
-    except Exception as e:
-        raise ConfigError(f"warmup_checkpoint: {path} is unreadable ({type(e).__name__}); "
-                          "rerun the warm-up") from None
-    if theta.shape != like.shape:
-        raise ConfigError(f"warmup_checkpoint: {path} has {theta.numel()} parameters, the model "
-                          f"{like.numel()}; the warm-up was made for another model")
-    if like_buffers is not None and set(warm_buffers) != set(like_buffers):
-        raise ConfigError(f"warmup_checkpoint: {path} holds running statistics for "
-                          f"{len(warm_buffers)} buffers, the model has {len(like_buffers)}; the warm-up "
-                          "was made for another model (norm: batch against group?)")
-    return theta.to(like), warm_buffers
 
 
 def train(
@@ -634,7 +587,7 @@ class RunLoop:
 def finite_uploads(updates: list[ClientUpdate]) -> bool:
     """Whether every delta and curvature upload is finite (a diverging client's is not)."""
     return all(bool(torch.isfinite(x).all()) for u in updates
-               for x in (u.delta, u.factor, u.eigvals, u.diag) if x is not None)
+               for x in (u.delta, u.factor, u.diag) if x is not None)
 
 
 def _row(rnd, metrics, bytes_, total, diverged, wall) -> dict[str, Any]:

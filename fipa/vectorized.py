@@ -27,54 +27,30 @@ the size rule that picks between the two.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
 from fipa import buffers
-from fipa.clients import ClientMethod, ClientState, batch_size, make_optimizer, steps_per_round
-from fipa.config import ClientConfig
+from fipa.clients import ClientMethod, ClientState, batch_plan, make_optimizer
 from fipa.curvature import (
     CurvatureRequest,
     client_curvature,
+    contract_rows,
     curvature_sample,
     ggn_diagonal,
     lowrank_factor,
 )
 from fipa.losses import per_sample_loss
 from fipa.params import ParamLayout
-from fipa.tasks.base import Batch, Task
+from fipa.tasks.base import Batch, Task, num_samples
 
 # size rule: vectorize while one client's minibatch step is small (samples x parameters
 # below this), where interpreter overhead, not arithmetic, dominates a sequential step
 AUTO_VECTORIZE_WORK = 1 << 21
 GATHER_NUMBERS = 1 << 22  # numbers of gathered minibatch data held at once (steps chunk)
-
-
-def num_samples(data: Batch) -> int:
-    return next(iter(data.values())).shape[0]
-
-
-def batch_plan(n: int, cfg: ClientConfig, gen: torch.Generator) -> torch.Tensor:
-    """A client's minibatch indices for one round: [T, bs] with -1 padding a short last batch.
-
-    Draws from ``gen`` exactly what ``fipa.clients.minibatches`` draws (one permutation per
-    started epoch, none for full batches), so both paths see the same batches.
-    """
-    bs, steps = batch_size(n, cfg), steps_per_round(n, cfg)
-    per_epoch = -(-n // bs)
-    epochs = -(-steps // per_epoch)
-    if bs < n:
-        perms = torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])  # [E, n]
-    else:
-        perms = torch.arange(n).expand(epochs, n)
-    # epoch e's batches are perm_e[i : i + bs]; pad each epoch to per_epoch * bs with -1
-    perms = F.pad(perms, (0, per_epoch * bs - n), value=-1)
-    return perms.reshape(epochs * per_epoch, bs)[:steps]
 
 
 def stack_padded(datas: list[Batch]) -> Batch:
@@ -94,7 +70,7 @@ def unsupported(method: ClientMethod, task: Task) -> str | None:
     """Why this method/task pair cannot train vectorized, or None if it can."""
     if not method.vectorizable:
         return f"client method {method.cfg.method} couples a minibatch's samples"
-    if callable(getattr(task, "train_batch", None)) and getattr(task.params, "augment", False):
+    if task.augments:
         return "data augmentation draws per minibatch"
     return None
 
@@ -102,7 +78,7 @@ def unsupported(method: ClientMethod, task: Task) -> str | None:
 def direct_path(method: ClientMethod, task: Task) -> bool:
     """Whether the objective can skip vmap: the method keeps the base ``objective`` and the
     task's ``outputs`` broadcasts over a leading client axis (``stacks_clients``)."""
-    return type(method).objective is ClientMethod.objective and getattr(task, "stacks_clients", False)
+    return not method.custom_objective and task.stacks_clients
 
 
 def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module, num_params: int,
@@ -236,7 +212,7 @@ class DirectGrad:
     def __init__(self, method: ClientMethod, task: Task, twin: StackedMLP, layout: ParamLayout) -> None:
         self.task, self.twin, self.layout = task, twin, layout
         self.extra = None
-        if type(method).extra_loss is not ClientMethod.extra_loss:
+        if method.has_extra_loss:
 
             def extra_one(flat: torch.Tensor, state: ClientState, start: torch.Tensor) -> torch.Tensor:
                 term = method.extra_loss(flat, start, state)
@@ -425,8 +401,8 @@ def round_curvature(
 
     ``at`` is theta^k [P] (curvature at the broadcast model) or the clients' results [M, P].
     Each client draws from its own ``gens[m]`` in client_curvature's order (subsample, then
-    sampled labels); clients whose size rule picks the matrix-free method keep the
-    per-client path. Per client: S = stack_i M_i^T J_i / sqrt(n) [n C', P], then
+    sampled labels); clients whose size rule picks another method (gram, matrix_free) keep
+    the per-client path. Per client: S = stack_i M_i^T J_i / sqrt(n) [n C', P], then
     eigenpairs or the diagonal of S^T S, as in ``fipa.curvature``.
     """
     out: list[dict[str, torch.Tensor] | None] = [None] * len(datas)
@@ -452,10 +428,8 @@ def round_curvature(
         start = 0
         for m, b, M_sqrt in exact:
             n = num_samples(b)
-            # rows M_i^T J_i: (M^T J)[k, p] = sum_c M[c, k] J[c, p]
-            rows = torch.einsum("nck,ncp->nkp", M_sqrt, J[start : start + n])
+            S = contract_rows(M_sqrt, J[start : start + n])  # stack_i M_i^T J_i / sqrt(n)
             start += n
-            S = rows.reshape(-1, rows.shape[-1]) / math.sqrt(n)
             if request.kind == "diag":
                 out[m] = {"diag": ggn_diagonal(S)}
             else:

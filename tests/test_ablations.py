@@ -29,7 +29,7 @@ def load(configfile: Path) -> dict:
     return config
 
 
-def write_run(root: Path, cell: grid.Cell, resolved: dict, value: float, diverged: bool = False,
+def write_run(root: Path, cell: grid.GridCell, resolved: dict, value: float, diverged: bool = False,
               metric: str = "test_mse") -> None:
     """A run directory with the final.json fields the summary reads; ``resolved`` is the config."""
     d = root / cell.run_id
@@ -150,12 +150,12 @@ def synthetic_rho_panel(tmp_path: Path) -> report.KnobPanel:
             "fipa_adaptive": {"rho": 1e-4, "damping": "adaptive"}}
     values = {"fipa_rho1e-4": [0.01, 0.03, None], "fipa_adaptive": [0.02, 0.02, 0.05]}
     for seed in range(3):
-        cell = grid.Cell("abl", "domain4", "local", "fedavg", seed)
+        cell = grid.GridCell("abl", "domain4", "local", "fedavg", seed)
         write_run(tmp_path, cell, {**base, "aggregator": {"name": "fedavg"}}, [0.4, 0.5, 0.6][seed])
         for name, agg in fipa.items():
             v = values.get(name, [None] * 3)[seed]
             resolved = {**base, "aggregator": {"name": "fipa", "rank": 10, **agg}}
-            write_run(tmp_path, grid.Cell("abl", "domain4", "local", name, seed), resolved, v or 0.0,
+            write_run(tmp_path, grid.GridCell("abl", "domain4", "local", name, seed), resolved, v or 0.0,
                       diverged=v is None)
     (panel,) = report.ablation_panels(report.attach_knobs(report.collect([tmp_path])))
     return panel
@@ -214,7 +214,7 @@ def test_a_split_knob_draws_fedavg_at_every_value(grid_summary):
 def test_figures_writes_knob_figures_for_an_ablation_run_only(grid_summary, tmp_path):
     small = grid_summary[grid_summary["task"].isin(["abl_rank", "abl_clients"])]
     small.to_csv(tmp_path / "summary.csv", index=False)
-    names = {p.name for p in report.figures(tmp_path / "summary.csv", tmp_path / "figs")}
+    names = {p.name for p in rp.figures(tmp_path / "summary.csv", tmp_path / "figs")}
     assert {"knob_rank.png", "knob_clients.png", "knob_rank.pdf"} <= names
     assert not {n for n in names if n.startswith("knob_rho")}
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fipa.aggregators import AGGREGATORS, FIPA, ClientUpdate, FIPASystem, LossProbe, fipa_direction
-from fipa.batch import Cell, run_cells
+from fipa.batch import CellJob, run_cells
 from fipa.config import parse_run_config
 from fipa.simulate import finite_uploads, train
 from tests.helpers import tiny
@@ -245,8 +245,8 @@ def test_paper_form_diverges_and_the_batch_goes_on(tmp_path):
     # on these small MLPs the undamped step blows the loss up by 1e8 to 1e25 but stays finite;
     # a large server step makes it overflow within a few rounds (NaN deltas, curvature, theta)
     diverging = tiny(rounds=8, aggregator={**PAPER_FORM, "server_lr": 1e100}, task={"activation": "gelu"})
-    cells = [Cell(output=str(tmp_path / "paper"), spec=diverging, label="paper"),
-             Cell(output=str(tmp_path / "fedavg"), spec=tiny(rounds=2, aggregator={"name": "fedavg"}))]
+    cells = [CellJob(output=str(tmp_path / "paper"), spec=diverging, label="paper"),
+             CellJob(output=str(tmp_path / "fedavg"), spec=tiny(rounds=2, aggregator={"name": "fedavg"}))]
     out = run_cells(cells, make_log=lambda c: (lambda s: None), echo=lambda s: None)
     paper, other = out[str(tmp_path / "paper")], out[str(tmp_path / "fedavg")]
     assert paper is not None and paper["diverged"] is True and paper["rounds_completed"] < 8

@@ -328,6 +328,6 @@ def test_uplink_numbers():
     P, r = 37, 5
     delta = torch.zeros(P, dtype=DT)
     assert ClientUpdate(delta, 3).uplink_numbers == P
-    factor_up = ClientUpdate(delta, 3, factor=torch.zeros(r, P, dtype=DT), eigvals=torch.zeros(r, dtype=DT))
+    factor_up = ClientUpdate(delta, 3, factor=torch.zeros(r, P, dtype=DT))
     assert factor_up.uplink_numbers == P + r * (P + 1)
     assert ClientUpdate(delta, 3, diag=torch.zeros(P, dtype=DT)).uplink_numbers == 2 * P

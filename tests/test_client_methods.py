@@ -303,3 +303,17 @@ def test_scaffold_uplink_counts_the_control_variate_delta(tmp_path):
     clients = 2 * 2  # rounds x sampled clients (participation 0.5 of 4)
     assert loc["uplink_bytes_total"] == clients * P * 8  # float64
     assert sc["uplink_bytes_total"] == 2 * loc["uplink_bytes_total"]
+
+
+def test_declared_capabilities_match_what_each_method_and_task_implements():
+    """The flags the vectorized path reads (no probing there) agree with the overrides."""
+    from fipa.clients import CLIENT_METHODS, ClientMethod
+    from fipa.tasks import TASKS, Task
+
+    for name in CLIENT_METHODS.names():
+        cls = CLIENT_METHODS.get(name)
+        assert cls.has_extra_loss == (cls.extra_loss is not ClientMethod.extra_loss), name
+        assert cls.custom_objective == (cls.objective is not ClientMethod.objective), name
+    for name in TASKS.names():
+        cls = TASKS.get(name)
+        assert cls.has_features == (cls.features is not Task.features), name

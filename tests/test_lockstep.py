@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fipa.aggregators import AGGREGATORS
-from fipa.batch import Cell, run_cells
+from fipa.batch import CellJob, run_cells
 from fipa.config import parse_run_config
 from fipa.simulate import RunLoop, Simulation, _lockstep_groups, train
 from tests.helpers import sigkill_after_round, tiny
@@ -44,7 +44,7 @@ def metrics(path) -> np.ndarray:
 
 
 def assert_lockstep_equals_alone(cfgs: list[dict], tmp_path) -> None:
-    cells = [Cell(output=str(tmp_path / "stacked" / str(i)), spec=c) for i, c in enumerate(cfgs)]
+    cells = [CellJob(output=str(tmp_path / "stacked" / str(i)), spec=c) for i, c in enumerate(cfgs)]
     results = run_cells(cells, lambda cell: (lambda s: None), echo=lambda s: None, threads=1)
     assert all(r is not None for r in results.values())
     for i, c in enumerate(cfgs):

@@ -14,7 +14,7 @@ from fipa.config import parse_run_config
 from fipa.simulate import Simulation, train
 
 pytest.importorskip("fipa.tasks.pde")
-from fipa.plots_pde import best_seed, cell_edges, solution_arrays, solution_figure  # noqa: E402
+from fipa.plots_pde import cell_edges, median_seed, solution_arrays, solution_figure  # noqa: E402
 
 
 def make_run(tmp_path, name: str, problem: str, aggregator: dict, **task) -> tuple:
@@ -82,9 +82,8 @@ def test_solution_figure_writes_a_png_per_layout(helmholtz_runs, tmp_path):
     # runs of different problems do not share a figure
     with pytest.raises(ValueError, match="compare runs of one task"):
         solution_arrays({"FedAvg": a, "FIPA": runs["FIPA"][0]})
-    assert best_seed([a, b]) in (a, b)
     finals = {d: json.loads((d / "final.json").read_text())["final"]["rel_l2"] for d in (a, b)}
-    assert best_seed([a, b]) == min(finals, key=finals.get)
+    assert median_seed([a, b]) == min(finals, key=finals.get)  # of two, the lower middle one
 
 
 def test_cell_edges_follow_the_domain_split():

@@ -9,6 +9,8 @@ for the round's stacked curvature.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,7 +144,10 @@ def test_stacked_model_only_for_plain_mlps_and_direct_path_only_where_declared()
     assert stacked_model(sim.model) is not None and direct_path(sim.method, sim.task)
     fedrcl = CLIENT_METHODS.get("fedrcl")(ClientConfig(method="fedrcl", params=None))
     assert not direct_path(fedrcl, sim.task)  # its own objective: vmap path
-    assert not direct_path(sim.method, object())  # a task that does not declare stacks_clients
+    from fipa.tasks import Task
+
+    assert not Task.stacks_clients  # the base's declared default
+    assert not direct_path(sim.method, SimpleNamespace(stacks_clients=False))
 
 
 # ----------------------------------------------------------------------------- equality

@@ -77,6 +77,64 @@ def test_model_sizes():
         torch.testing.assert_close(m(x), logits)
 
 
+def test_resnet18_width_scales_every_stage():
+    """width w: stages w-2w-4w-8w; P by the closed form (3x3 convs without bias, GroupNorm 2C per
+    norm layer, 1x1 shortcuts where the shape changes, linear head)."""
+
+    def count(w: int, c: int = 3, k: int = 10) -> int:
+        def block(c_in: int, c_out: int) -> int:
+            short = c_in * c_out + 2 * c_out if c_in != c_out else 0
+            return 9 * c_in * c_out + 9 * c_out**2 + 2 * 2 * c_out + short
+
+        stages = [(w, w), (w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w)]
+        return (9 * c * w + 2 * w + sum(block(a, b) + block(b, b) for a, b in stages)
+                + 8 * w * k + k)
+
+    assert count(64) == 11_173_962  # the torchvision-derived count of test_model_sizes
+    for w in (4, 8):
+        model = MODELS.get("resnet18")(3, 32, 10, VisionParams(width=w))
+        assert ParamLayout.of(model).numel == count(w)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"task\.width: must be >= 1"):
+        parse_run_config(digits_run(task={**digits_run()["task"], "width": 0}))
+
+
+def test_cifar_reader_matches_torchvision_on_its_format(tmp_path, monkeypatch):
+    """CIFAR files are read without torchvision's dataset classes (those check the official
+    release's MD5): same images, labels and classes as torchvision parses from the same files."""
+    import torchvision.datasets.cifar as tv
+
+    from fipa.tasks.vision.data import load_cifar10, load_cifar100
+    from tests.fake_datasets import write_cifar10, write_cifar100
+
+    write_cifar10(tmp_path, n_train=50, n_test=20)
+    write_cifar100(tmp_path, n_train=120, n_test=30)
+    monkeypatch.setattr(tv, "check_integrity", lambda *a, **k: True)  # accept the stand-in files
+    for load, cls in ((load_cifar10, tv.CIFAR10), (load_cifar100, tv.CIFAR100)):
+        ours = load(str(tmp_path), 0, 0.2)
+        for x, y, is_train in ((ours.x_train, ours.y_train, True), (ours.x_test, ours.y_test, False)):
+            ref = cls(str(tmp_path), train=is_train)
+            assert torch.equal(x, torch.as_tensor(ref.data).permute(0, 3, 1, 2))  # [n, H, W, C] -> CHW
+            assert y.tolist() == ref.targets and x.is_contiguous()
+        assert ours.num_classes == len(ref.classes)
+
+
+def test_missing_and_corrupt_cifar_say_what_to_do(tmp_path):
+    from fipa.tasks.vision.data import load_cifar10
+    from tests.fake_datasets import write_cifar10
+
+    folder = write_cifar10(tmp_path, n_train=50, n_test=20)
+    assert Vision.missing_data(VisionParams(dataset="cifar10", root=str(tmp_path))) is None
+    assert Vision.missing_data(VisionParams()) is None  # digits ship with scikit-learn
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
+    with pytest.raises(ConfigError, match=r"cifar10 under .* is corrupt .*`fipa download cifar10"):
+        load_cifar10(str(tmp_path), 0, 0.2)
+    (folder / "test_batch").unlink()
+    why = Vision.missing_data(VisionParams(dataset="cifar10", root=str(tmp_path)))
+    assert why == (f"cifar10 not found under {tmp_path} (no {folder / 'test_batch'}); download it with "
+                   f"`fipa download cifar10 --root {tmp_path}`")
+
+
 def test_evaluate_matches_hand_computed_accuracy_and_loss():
     task = digits(test_subsample=200)
     torch.manual_seed(0)

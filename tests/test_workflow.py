@@ -45,6 +45,19 @@ def test_dag_completes_with_summary_and_figures(finished):
     assert figs == ["convergence_regression_1d_domain4.png", "final_regression_1d_domain4.png"]
 
 
+def test_progress_plan_and_ledger_cover_every_cell(finished):
+    """The status lines' estimate reads the plan written at start and the jobs' ledger lines."""
+    from fipa import progress
+
+    runs = finished / "results" / "runs"
+    plan = progress.read_plan(runs)
+    ledger = progress.read_ledger(runs)
+    assert len(plan["cells"]) == 6 and plan["concurrency"] >= 1
+    assert {f.label for f in ledger.done} == set(plan["cells"])
+    assert set(ledger.started) == set(plan["cells"])  # each job said when it started
+    assert progress.estimate_left(plan, ledger, 6, 0.0) == 0.0
+
+
 def test_report_notebook_executed_to_html(finished):
     import nbformat
 
@@ -182,7 +195,7 @@ def bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:
         (lambda c: c["aggregators"]["fipa"].update(rhoo=1), ["aggregator.rhoo: unknown key"]),
         (lambda c: c["tasks"]["regression_1d"]["client"].update(lr=-1), ["client.lr: must be > 0"]),
         (lambda c: c["tasks"]["regression_1d"]["client"].update(momentum=1.5),
-         ["client.momentum: must be < 1"]),
+         ["client.momentum: must lie in [0, 1)"]),
         (lambda c: c["tasks"]["regression_1d"]["task"].update(target="sinc"),
          ["task.target: unknown target"]),
         (lambda c: c["tasks"]["regression_1d"]["partitions"]["domain4"].update(clients=500),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pkgutil
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +18,11 @@ from fipa.registry import Registry
 Batch = dict[str, torch.Tensor]  # every tensor has the sample axis first: [n, ...]
 
 
+def num_samples(batch: Batch) -> int:
+    """n, the leading axis every tensor of ``batch`` shares."""
+    return next(iter(batch.values())).shape[0]
+
+
 class Task(ABC):
     """A learning problem seen by the federated loop.
 
@@ -26,6 +33,10 @@ class Task(ABC):
 
     Params: ClassVar[type]
     loss_kind: ClassVar[str] = "mse"
+    # outputs() broadcasts over a leading client axis of stacked parameters [K, ...]: the
+    # vectorized path then skips vmap (fipa/vectorized.py DirectGrad)
+    stacks_clients: ClassVar[bool] = False
+    has_features: ClassVar[bool] = False  # features() is implemented (FedRCL needs it)
     metrics: ClassVar[dict[str, str]] = {}  # metric column -> "min" or "max" is better
     primary_metric: ClassVar[str] = "test_loss"
 
@@ -34,10 +45,39 @@ class Task(ABC):
         self.seed = seed
         self.dtype = dtype
 
+    # rough CPU seconds of one training sample through one local step, in a lockstep batch on
+    # 2 cores; only the grid's time-left estimate uses it (fipa/progress.py), and the observed
+    # pace corrects it once a job of the task has finished
+    sample_step_seconds: ClassVar[float] = 1e-5
+
+    # cluster sizing of one training or warm-up job of the family, read by the workflow
+    # (workflow/rules/common.smk): "mem_mb" (memory, MB) and "runtime" (wall time, minutes), each
+    # multiplied by the attempt number under --retries; a family that needs more declares its own
+    # (keys it leaves out keep these), and `--set-resources train_batch:mem_mb=...` overrides a run
+    resources: ClassVar[dict[str, int]] = {"mem_mb": 4000, "runtime": 120}
+
+    @classmethod
+    def work_samples(cls, params: Any) -> int:
+        """Training pool size under ``params`` for run-time estimates: :meth:`sample_count`
+        where known, else a guess."""
+        return cls.sample_count(params) or 1000
+
+    @classmethod
+    def sample_seconds(cls, params: Any) -> float:
+        """Rough seconds of one sample through one local step under ``params``."""
+        return cls.sample_step_seconds
+
     @classmethod
     def sample_count(cls, params: Any) -> int | None:
         """Training samples the task will have under ``params``, when known without building it
         (lets a config with more clients than samples fail before any job runs); None: unknown."""
+        return None
+
+    @classmethod
+    def missing_data(cls, params: Any) -> str | None:
+        """What the task's data under ``params`` lack on disk and the command that fetches them,
+        or None when nothing is missing (tasks that generate their data). Looks at paths only:
+        the workflow asks before its first job (rules/common.smk, data_preflight)."""
         return None
 
     @abstractmethod
@@ -56,6 +96,22 @@ class Task(ABC):
     def outputs(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """Per-sample outputs [n, C] of ``model`` evaluated at ``params`` (functional)."""
 
+    def train_batch(self, batch: Batch, gen: torch.Generator) -> Batch:
+        """A training minibatch as local training sees it: unchanged here; a task with data
+        augmentation transforms it, drawing from ``gen`` only while :attr:`augments`."""
+        return batch
+
+    @property
+    def augments(self) -> bool:
+        """Whether :meth:`train_batch` draws random transforms (then clients train one at a time)."""
+        return False
+
+    def features(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features [n, F], outputs [n, C]) in one forward pass, for methods that
+        need representations (FedRCL); only tasks with ``has_features`` provide them."""
+        raise NotImplementedError(f"{self.describe()} has no penultimate features")
+
     def targets(self, batch: Batch) -> torch.Tensor:
         """Targets [n, C] (mse) or labels [n] (ce)."""
         return batch["y"]
@@ -72,8 +128,22 @@ class Task(ABC):
     def describe(self) -> str:
         return type(self).__name__
 
+    @classmethod
+    def catalog(cls) -> dict[str, Registry]:
+        """The family's own registries a config names entries of, for ``fipa list``:
+        {"PDE problems (task.problem)": PROBLEMS, ...}; none by default."""
+        return {}
+
 
 TASKS: Registry[type[Task]] = Registry("task")
-TASKS.register_lazy("regression", "fipa.tasks.regression")
-TASKS.register_lazy("pde", "fipa.tasks.pde")
-TASKS.register_lazy("vision", "fipa.tasks.vision")
+
+
+def _announce_families() -> None:
+    """Announce every task family of this package without importing it: a module or package
+    ``fipa/tasks/<name>`` registers the task ``<name>`` (adding a family is adding its file)."""
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name != "base":
+            TASKS.register_lazy(info.name, f"fipa.tasks.{info.name}")
+
+
+_announce_families()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from fipa.keys import key
 from fipa.losses import mean_loss
 from fipa.params import call
 from fipa.partition import PartitionInput
@@ -58,14 +59,14 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "ge
 
 @dataclass
 class RegressionParams:
-    """target: a name from TARGETS; n_train samples drawn uniformly; test on a dense grid."""
+    """A target from TARGETS, n_train samples drawn uniformly, an MLP; test MSE on a dense grid."""
 
-    target: str = "multiscale_sine"
-    n_train: int = 256
-    test_points: int = 2000  # per axis in 1-D; the 2-D grid uses sqrt of it per axis
-    noise: float = 0.0
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
-    activation: str = "tanh"
+    target: str = key("multiscale_sine", "the function: `multiscale_sine`, `gramacy_lee` or `schaffer` (2-D)")
+    n_train: int = key(256, "training samples, drawn uniformly on the target's box", ge=1)
+    test_points: int = key(2000, "test grid points; the 2-D grid uses its square root per axis", ge=2)
+    noise: float = key(0.0, "standard deviation of Gaussian noise on the training targets (0: none)")
+    hidden: list[int] = key([32, 32], "hidden layer widths of the MLP")
+    activation: str = key("tanh", "`tanh`, `relu`, `gelu` or `silu`")
 
     def check(self):
         out = []
@@ -74,10 +75,6 @@ class RegressionParams:
                         f"{', '.join(TARGETS.names())}"))
         if self.activation not in ACTIVATIONS:
             out.append(("activation", f"choose one of {', '.join(ACTIVATIONS)}"))
-        if self.n_train < 1:
-            out.append(("n_train", f"must be >= 1, got {self.n_train}"))
-        if self.test_points < 2:
-            out.append(("test_points", f"must be >= 2, got {self.test_points}"))
         if any(h < 1 for h in self.hidden):
             out.append(("hidden", f"layer widths must be >= 1, got {self.hidden}"))
         return out
@@ -106,6 +103,12 @@ class Regression(Task):
 
     Params = RegressionParams
     loss_kind = "mse"
+    sample_step_seconds = 4e-6  # a 2 x 32 MLP's forward and backward per sample (2 cores)
+
+    @classmethod
+    def catalog(cls):
+        return {"regression targets (task.target)": TARGETS}
+    resources = {"mem_mb": 1000, "runtime": 20}  # per job; see Task.resources
     metrics = {"test_mse": "min"}
     primary_metric = "test_mse"
     # ``outputs`` broadcasts over a leading client axis (x [K, n, d], a stacked model twin

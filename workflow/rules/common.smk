@@ -4,7 +4,9 @@ import json
 import os
 
 import fipa.grid as grid
+from fipa.tasks import TASKS, Task
 
+# the config's plugins were imported by the Snakefile, before the schema saw their names
 grid.check(config)  # every cell validated as `fipa train` would, before any job runs
 CELLS = grid.cells(config)
 SUMMARY = "results/summary.csv"
@@ -26,13 +28,20 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-def cell_of(w):
-    return grid.Cell(w.task, w.partition, w.method, w.aggregator, int(w.seed))
+def grid_cell(w):
+    return grid.GridCell(w.task, w.partition, w.method, w.aggregator, int(w.seed))
+
+
+def with_plugins(spec):
+    """A job's run config with the workflow's plugins, which register what it names (none: as is)."""
+    if config["plugins"]:
+        spec["plugins"] = list(config["plugins"])
+    return spec
 
 
 def partition_spec(w):
     """Task and partition of a partition job; `fipa partition --seeds` sets each seed."""
-    return grid.partition_spec(config, w.task, w.partition, int(config["seeds"][0]))
+    return with_plugins(grid.partition_spec(config, w.task, w.partition, int(config["seeds"][0])))
 
 
 def partition_pattern(w):
@@ -54,21 +63,21 @@ def warmup_input(w):
 
 
 def cell_spec(cell):
-    """The run config of one grid cell (a grid.Cell; its fields double as wildcards)."""
+    """The run config of one grid cell (a grid.GridCell; its fields double as wildcards)."""
     warm = warmup_input(cell)
     spec = grid.run_spec(config, cell, part_file(cell), warm[0] if warm else None)
     spec.setdefault("device", config["device"])
-    return spec
+    return with_plugins(spec)
 
 
-def run_spec(w):
-    return cell_spec(cell_of(w))
+def train_spec(w):
+    return cell_spec(grid_cell(w))
 
 
-def warmup_spec(w):
+def warmup_job_spec(w):
     spec = grid.warmup_spec(config, w.task, w.partition, int(w.seed), part_file(w))
     spec.setdefault("device", config["device"])
-    return spec
+    return with_plugins(spec)
 
 
 def spec_text(spec):
@@ -100,7 +109,7 @@ def batch_members(w):
 def batch_inputs(w):
     """The partition file and warm-up state (if any) of every seed of a batch."""
     seeds = sorted({c.seed for c in batch_members(w)})
-    cells = [grid.Cell(w.task, w.partition, w.method, "", s) for s in seeds]
+    cells = [grid.GridCell(w.task, w.partition, w.method, "", s) for s in seeds]
     return [part_file(c) for c in cells] + [f for c in cells for f in warmup_input(c)]
 
 
@@ -148,33 +157,62 @@ def train_resources():
     return {"gpu": 1} if wants_gpu else {}
 
 
-# Cluster sizing of one training (or warm-up) job per task family: memory in MB and
-# wall time in minutes, both multiplied by the attempt number under --retries. Override
-# per run with e.g. --set-resources train_batch:mem_mb=8000 train_batch:runtime=240 (train for
-# the per-cell jobs of batch: false tasks).
-FAMILY_RESOURCES = {
-    "regression": {"mem_mb": 1000, "runtime": 20},
-    "pde": {"mem_mb": 4000, "runtime": 180},
-    "vision": {"mem_mb": 16000, "runtime": 720},
-}
-
-
-def task_family(task):
-    """The task family (regression, pde, vision) of a named task of the config."""
-    return config["tasks"][task]["task"]["name"]
+def family_resources(task):
+    """Cluster sizing of one training (or warm-up) job of a named task: its family's declared
+    `Task.resources` (fipa/tasks/base.py; a plugin task without its own gets the base's), memory in
+    MB and wall time in minutes, both multiplied by the attempt number under --retries. Override
+    per run with e.g. --set-resources train_batch:mem_mb=8000 train_batch:runtime=240 (train for
+    the per-cell jobs of batch: false tasks). grid.check has imported each family's module already."""
+    family = TASKS.get(config["tasks"][task]["task"]["name"], key=f"tasks.{task}.task.name")
+    return {**Task.resources, **family.resources}
 
 
 def train_mem_mb(wildcards, attempt):
-    return FAMILY_RESOURCES[task_family(wildcards.task)]["mem_mb"] * attempt
+    return family_resources(wildcards.task)["mem_mb"] * attempt
 
 
 def train_runtime(wildcards, attempt):
-    return FAMILY_RESOURCES[task_family(wildcards.task)]["runtime"] * attempt
+    return family_resources(wildcards.task)["runtime"] * attempt
 
 
 def batch_runtime(wildcards, attempt):
     """A batch runs its cells one after another: the sum of their wall times."""
     return train_runtime(wildcards, attempt) * len(batch_members(wildcards))
+
+
+def data_preflight():
+    """Stop a run before its first job when a task that has jobs to run lacks its data on disk
+    (a vision data set not downloaded yet), naming the command that fetches it. Called from
+    onstart: dry runs (-n) read no data; cluster jobs' own Snakemake skips it."""
+    from snakemake.exceptions import WorkflowError
+
+    if not workflow.is_main_process:
+        return
+    jobs = workflow.dag.needrun_jobs()
+    tasks = sorted({job.wildcards_dict["task"] for job in jobs if "task" in job.wildcards_dict})
+    problems = grid.missing_data(config, tasks)
+    if problems:
+        raise WorkflowError("Data sets missing; nothing was run:\n  " + "\n  ".join(problems))
+
+
+def write_progress_plan():
+    """What the status lines' time-left estimate needs (fipa/progress.py), written at start:
+    the cost prior of every cell this invocation trains, and how many jobs run at once
+    (cores / threads per job here, --jobs on a cluster). Cells finished earlier count as
+    done; cells outside the requested targets are left out."""
+    import fipa.progress as progress
+
+    jobs = set()
+    for job in workflow.dag.needrun_jobs():
+        w = job.wildcards
+        if job.rule.name == "train_batch":
+            jobs.add(f"{w.task}/{w.partition}/{w.method}")
+        elif job.rule.name == "train":
+            jobs.add(f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}")
+    cells = [c for c in grid.plan_cells(config, batched)
+             if c[1] in jobs or os.path.isfile(f"results/runs/{c[0]}/final.json")]
+    slots = workflow.cores // max(1, config["threads_per_job"]) if workflow.local_exec else workflow.nodes
+    progress.write_plan("results/runs", cells, max(1, slots))
 
 
 def slurm_preflight():

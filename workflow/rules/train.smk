@@ -14,7 +14,7 @@ rule warmup:
         runtime=train_runtime,
         **train_resources(),
     params:
-        spec=lambda w: spec_text(warmup_spec(w)),
+        spec=lambda w: spec_text(warmup_job_spec(w)),
         rundir="results/warmup/{task}/{partition}/seed{seed}/run",
     conda:
         CONDA_ENV
@@ -41,7 +41,7 @@ rule train:
         runtime=train_runtime,
         **train_resources(),
     params:
-        spec=lambda w: spec_text(run_spec(w)),
+        spec=lambda w: spec_text(train_spec(w)),
         outdir=output_dir,
         total=len(CELLS),
         label=lambda w: f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}",

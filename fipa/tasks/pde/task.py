@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fipa.keys import key
 from fipa.partition import PartitionInput
 from fipa.tasks.base import TASKS, Batch, Task
 from fipa.tasks.pde.network import ACTIVATION_JETS, HardDirichlet, HardInitialBoundary, UnitBox, fnn_jet
@@ -26,62 +27,54 @@ KIND_PDE, KIND_BOUNDARY, KIND_INITIAL = 0, 1, 2
 class PDEParams:
     """A PINN on ``problem``: collocation, boundary and initial points, network, test grid.
 
-    Loss = mean over all points of r^2 (see Problem); bc_weight / ic_weight multiply the
-    squared data residuals, and the PDE residual is divided by ``residual_scale`` (e.g.
-    k0^2 = 157.9 for helmholtz2d, making its rows O(1)). ``hard_bc`` builds u = B(x) N(x)
-    with a bubble B vanishing on the spatial boundary (network.HardDirichlet), for problems
-    with zero Dirichlet data; the boundary rows are then dropped (``n_boundary`` unused).
-    ``hard_ic`` (evolution problems with time-independent boundary data, e.g. allen_cahn)
-    builds u = u0(x) + (t - t0)/(t1 - t0) B(x) N(x, t) (network.HardInitialBoundary, DeepXDE's
-    Allen_Cahn transform): initial and boundary data hold exactly, both kinds of data rows are
-    dropped (``n_boundary``, ``n_initial``, ``bc_weight``, ``ic_weight`` unused), and
-    ``hard_bc`` is implied.
-    ``input_scale`` c maps the domain box onto [-c, c]^d before the first layer (UnitBox).
-    ``causal_weight`` c (evolution problems) multiplies the squared PDE residual at time t by
-    exp(-c tau), tau = (t - t0) / (t_end - t0): a fixed, non-adaptive form of the causal weighting
-    of Wang, Sankaran & Perdikaris (2022) that makes early times count most, so the network
-    follows the evolution from the initial data instead of settling on a wrong late-time state.
-    ``t_end`` (evolution problems) ends the time interval early, at t0 < t_end <= t1: training
-    points, test grid and reference all cover [t0, t_end] only (None: the problem's own t1).
-    ``sampling`` is a DeepXDE sampler name or "uniform" (a grid). ``test_points`` is per
-    axis (a 2-D problem is tested on test_points^2 points).
+    Loss = mean over all points of r^2 (see Problem): the PDE residual divided by
+    ``residual_scale``, the boundary and initial residuals times ``bc_weight``/``ic_weight``.
+    Each key's meaning is on its field below (also the tables of config/README.md).
     """
 
-    problem: str = "poisson1d"
-    n_domain: int = 200
-    n_boundary: int = 2
-    n_initial: int = 64  # evolution problems only
-    bc_weight: float = 1.0
-    ic_weight: float = 1.0
-    residual_scale: float = 1.0
-    input_scale: float = 1.0
-    hard_bc: bool = False
-    hard_ic: bool = False
-    t_end: float | None = None
-    causal_weight: float = 0.0
-    hidden: list[int] = field(default_factory=lambda: [32, 32, 32])
-    activation: str = "tanh"
-    initializer: str = "Glorot normal"
-    sampling: str = "Hammersley"
-    test_points: int = 200
-    reference_dir: str = "results/reference"
+    problem: str = key("poisson1d", "the PDE (PROBLEMS): `poisson1d`, `helmholtz2d`, `helmholtz2d_n1`, "
+                       "`heat1d`, `diffusion_reaction`, `allen_cahn`, `burgers`, `burgers_smooth` "
+                       "(nu = 0.1/pi)")
+    n_domain: int = key(200, "collocation points in the domain", ge=1)
+    n_boundary: int = key(2, "boundary points (unused with `hard_bc` or `hard_ic`)", ge=1)
+    n_initial: int = key(64, "initial-condition points of evolution problems (unused with `hard_ic`)", ge=0)
+    bc_weight: float = key(1.0, "weight on the squared boundary residuals", gt=0)
+    ic_weight: float = key(1.0, "weight on the squared initial residuals", gt=0)
+    residual_scale: float = key(1.0, "divides the PDE residual (k0^2 = 157.9 makes helmholtz2d's rows O(1))",
+                                gt=0)
+    input_scale: float = key(1.0, "c: the domain box is mapped onto [-c, c]^d before the first layer "
+                             "(UnitBox)", gt=0)
+    hard_bc: bool = key(False, "u = B(x) N(x) with a bubble B vanishing on the spatial boundary "
+                        "(network.HardDirichlet), for zero Dirichlet data; boundary rows dropped")
+    hard_ic: bool = key(False, "evolution problems with time-independent boundary data (e.g. `allen_cahn`): "
+                        "u = u0(x) + (t - t0)/(t1 - t0) B(x) N(x, t) (network.HardInitialBoundary, DeepXDE's "
+                        "Allen_Cahn transform); initial and boundary data hold exactly, both kinds of data "
+                        "rows are dropped, `hard_bc` is implied")
+    t_end: float | None = key(None, "evolution problems: end the time interval early, t0 < t_end <= t1; "
+                              "training points, test grid and reference cover [t0, t_end] (null: the "
+                              "problem's t1)")
+    causal_weight: float = key(0.0, "c (evolution problems): the squared PDE residual at time t is weighted "
+                               "by exp(-c tau), tau = (t - t0) / (t_end - t0), a fixed form of the causal "
+                               "weighting of Wang, Sankaran & Perdikaris (2022): early times count most, so "
+                               "the network follows the evolution from the initial data instead of settling "
+                               "on a wrong late-time state", ge=0, note="(0 for a steady problem)")
+    hidden: list[int] = key([32, 32, 32], "hidden layer widths of the DeepXDE FNN")
+    activation: str = key("tanh", "twice differentiable: `tanh`, `sin`, `sigmoid`, `silu`, `gelu`")
+    initializer: str = key("Glorot normal", "DeepXDE initializer name")
+    sampling: str = key("Hammersley", "DeepXDE sampler (`pseudo`, `LHS`, `Halton`, `Hammersley`, `Sobol`) of "
+                        "the training points, or `uniform` (a grid)")
+    test_points: int = key(200, "test grid points per axis (a 2-D problem is tested on test_points^2)", ge=2)
+    reference_dir: str = key("results/reference", "cache of numerical reference solutions (Burgers, "
+                             "Allen-Cahn)")
 
     def check(self) -> list[tuple[str, str]]:
         out = []
         if self.problem not in PROBLEMS:
             out.append(("problem", f"unknown PDE {self.problem!r}; choose one of "
                         f"{', '.join(PROBLEMS.names())}"))
-        for key in ("n_domain", "n_boundary"):
-            if getattr(self, key) < 1:
-                out.append((key, f"must be >= 1, got {getattr(self, key)}"))
-        if self.n_initial < 0:
-            out.append(("n_initial", f"must be >= 0, got {self.n_initial}"))
-        elif (self.problem in PROBLEMS and PROBLEMS.get(self.problem).time is not None
-              and self.n_initial < 1 and not self.hard_ic):
+        if (self.problem in PROBLEMS and PROBLEMS.get(self.problem).time is not None
+                and self.n_initial < 1 and not self.hard_ic):
             out.append(("n_initial", f"{self.problem} is an evolution problem: needs >= 1 initial point"))
-        for key in ("bc_weight", "ic_weight", "residual_scale", "input_scale"):
-            if getattr(self, key) <= 0:
-                out.append((key, f"must be > 0, got {getattr(self, key)}"))
         if self.hard_bc and self.problem in PROBLEMS and not PROBLEMS.get(self.problem).zero_boundary:
             out.append(("hard_bc", f"{self.problem} has nonzero Dirichlet data; the hard constraint "
                         "u = B(x) N(x) needs g = 0 (helmholtz2d, heat1d, burgers): set hard_bc: false"))
@@ -90,8 +83,7 @@ class PDEParams:
             out.append(("hard_ic", f"{self.problem} is not an evolution problem with time-independent "
                         f"boundary data equal to its initial data there; u = u0 + t B N needs one "
                         f"({static}): set hard_ic: false"))
-        if self.causal_weight < 0 or (self.causal_weight and self.problem in PROBLEMS
-                                      and PROBLEMS.get(self.problem).time is None):
+        if self.causal_weight and self.problem in PROBLEMS and PROBLEMS.get(self.problem).time is None:
             out.append(("causal_weight", f"must be >= 0 (0 for a steady problem), got {self.causal_weight}"))
         if self.t_end is not None and self.problem in PROBLEMS:
             time = PROBLEMS.get(self.problem).time
@@ -111,8 +103,6 @@ class PDEParams:
                         "(e.g. 'Glorot normal', 'Glorot uniform', 'He normal')"))
         if self.sampling not in SAMPLINGS:
             out.append(("sampling", f"{self.sampling!r}: choose one of {', '.join(SAMPLINGS)}"))
-        if self.test_points < 2:
-            out.append(("test_points", f"must be >= 2, got {self.test_points}"))
         return out
 
 
@@ -203,8 +193,26 @@ class PINN(Task):
 
     Params = PDEParams
     loss_kind = "mse"
+    sample_step_seconds = 4.5e-6  # one jet direction of a point through 2 x 32 tanh (2 cores)
+    resources = {"mem_mb": 4000, "runtime": 180}  # per job; see Task.resources
     metrics = {"rel_l2": "min"}
     primary_metric = "rel_l2"
+
+    @classmethod
+    def catalog(cls):
+        return {"PDE problems (task.problem)": PROBLEMS, "PDE activations (task.activation)": ACTIVATION_JETS}
+
+    @classmethod
+    def work_samples(cls, params: PDEParams) -> int:
+        """Training points as :func:`training_points` keeps them."""
+        problem = PROBLEMS.get(params.problem, key="task.problem")
+        points = params.n_domain + (0 if params.hard_bc or params.hard_ic else params.n_boundary)
+        return points + (params.n_initial if problem.time is not None and not params.hard_ic else 0)
+
+    @classmethod
+    def sample_seconds(cls, params: PDEParams) -> float:
+        """A point's forward-mode jet carries one direction per input besides its value."""
+        return cls.sample_step_seconds * (1 + len(PROBLEMS.get(params.problem, key="task.problem").axes))
 
     def __init__(self, params: PDEParams, seed: int, dtype: torch.dtype) -> None:
         super().__init__(params, seed, dtype)

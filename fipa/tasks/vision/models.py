@@ -1,0 +1,118 @@
+"""Image classifiers: the MODELS registry (digits_cnn, cnn2, CIFAR ResNet-18) and their norm layers.
+
+Normalization layers: GroupNorm by default in ResNet-18 (no running statistics, so the flat
+parameter vector is the whole model state and FIPA/FedAvg see everything), none in the small
+CNNs. ``norm: batch`` uses BatchNorm with running statistics: batch statistics in local
+training, running ones in evaluation and curvature; the clients' running statistics are
+averaged by sample count each round, whatever the aggregator (fipa/buffers.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fipa.registry import Registry
+
+
+class ModelOptions(Protocol):
+    """The task options a model builder reads (VisionParams has them)."""
+
+    norm: str  # "default", "none", "group" or "batch"
+    groups: int  # GroupNorm groups
+    width: int  # ResNet-18's first-stage channels
+
+
+def _norm(kind: str, channels: int, groups: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(min(groups, channels), channels)
+
+
+def _norm_layers(p: ModelOptions, channels: int, default: str) -> list[nn.Module]:
+    """The normalization after a convolution: [] for ``none``, else one layer (``default``
+    when the config says ``default``)."""
+    kind = default if p.norm == "default" else p.norm
+    return [] if kind == "none" else [_norm(kind, channels, p.groups)]
+
+
+class Classifier(nn.Module):
+    """``body`` maps images to feature vectors [n, d]; ``head`` maps features to logits."""
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body, self.head = body, head
+
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """x [n, C, H, W] -> logits [n, K], or (features [n, d], logits [n, K])."""
+        z = self.body(x)
+        out = self.head(z)
+        return (z, out) if features else out
+
+
+ModelBuilder = Callable[[int, int, int, ModelOptions], nn.Module]  # (channels, size, classes, p)
+MODELS: Registry[ModelBuilder] = Registry("vision model")
+
+
+@MODELS.register("digits_cnn")
+def digits_cnn(channels: int, size: int, classes: int, p: ModelOptions) -> nn.Module:
+    """conv3x3(16) relu pool, conv3x3(32) relu pool, fc 64 relu, fc K: P = 13,706 on 1x8x8
+    (no normalization unless ``norm`` asks for one after each convolution)."""
+    body = nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), *_norm_layers(p, 16, "none"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), *_norm_layers(p, 32, "none"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * (size // 4) ** 2, 64), nn.ReLU(),
+    )
+    return Classifier(body, nn.Linear(64, classes))
+
+
+@MODELS.register("cnn2")
+def cnn2(channels: int, size: int, classes: int, p: ModelOptions) -> nn.Module:
+    """The two-conv CNN of McMahan et al. (2017): conv5x5(32), pool, conv5x5(64), pool, fc 512
+    (no normalization unless ``norm`` asks for one after each convolution)."""
+    body = nn.Sequential(
+        nn.Conv2d(channels, 32, 5, padding=2), *_norm_layers(p, 32, "none"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), *_norm_layers(p, 64, "none"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 512), nn.ReLU(),
+    )
+    return Classifier(body, nn.Linear(512, classes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (He et al. 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.n1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.n2 = norm(c_out)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.n1(self.conv1(x)))
+        return F.relu(self.n2(self.conv2(y)) + self.short(x))
+
+
+@MODELS.register("resnet18")
+def resnet18(channels: int, size: int, classes: int, p: ModelOptions) -> nn.Module:
+    """CIFAR ResNet-18: 3x3 stem without max-pool, stages w-2w-4w-8w for ``width`` w
+    (64: the standard 64-128-256-512, P ~ 1.1e7; P scales as w^2)."""
+
+    def norm(c: int) -> nn.Module:
+        return _norm("group" if p.norm == "default" else p.norm, c, p.groups)
+
+    w = p.width
+    layers: list[nn.Module] = [nn.Conv2d(channels, w, 3, 1, 1, bias=False), norm(w), nn.ReLU()]
+    c_in = w
+    for c_out, stride in ((w, 1), (2 * w, 2), (4 * w, 2), (8 * w, 2)):
+        layers += [BasicBlock(c_in, c_out, stride, norm), BasicBlock(c_out, c_out, 1, norm)]
+        c_in = c_out
+    body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(body, nn.Linear(8 * w, classes))

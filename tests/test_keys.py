@@ -1,0 +1,144 @@
+"""Keys documented once: the Params fields, config/README.md's tables and the workflow schema agree."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fipa import aggregators, clients, keys, partition, tasks
+from fipa.client_config import ClientConfig
+from fipa.config import ConfigError, RunConfig, parse_params
+
+README = Path("config/README.md")
+SCHEMA = Path("workflow/schemas/config.schema.yaml")
+
+# fields that are not keys a user writes: the run config's sections and the client's parsed method Params
+NOT_KEYS = {(RunConfig, n) for n in ("task", "partition", "clients", "client", "aggregator")} | {
+    (ClientConfig, "params")}
+
+
+def builtin_params() -> list[type]:
+    """Params classes of the built-in registry entries, plus the run and client configs."""
+    out = [RunConfig, ClientConfig]
+    for registry in (aggregators.AGGREGATORS, clients.CLIENT_METHODS, partition.SCHEMES, tasks.TASKS):
+        for name in registry.names():
+            cls = getattr(registry.get(name), "Params", None)
+            # plugins registered by other tests are not this README's business
+            if cls is not None and cls.__module__.startswith("fipa.") and cls not in out:
+                out.append(cls)
+    return out
+
+
+def test_readme_key_tables_match_the_fields():
+    text = README.read_text()
+    assert keys.regenerate(text) == text, (
+        "config/README.md's key tables differ from the Params fields: run make docs "
+        "(python -m fipa.keys config/README.md)")
+
+
+def test_every_key_is_documented_and_has_a_readme_table():
+    tabled = set(keys.regions(README.read_text()))
+    for cls in builtin_params():
+        for f in dataclasses.fields(cls):
+            where = f"{cls.__qualname__}.{f.name}"
+            if (cls, f.name) not in NOT_KEYS:
+                assert f.metadata.get("doc"), f"{where}: declare it with keys.key(default, doc)"
+        if keys.documented_fields(cls):
+            dotted = f"{cls.__module__}.{cls.__qualname__}"
+            assert dotted in tabled, f"config/README.md lacks <!-- keys: {dotted} -->; add it, make docs"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"rank": 0}, "aggregator.rank: must be >= 1 eigenpair per client, got 0"),
+    ({"rho": -1.0}, "aggregator.rho: must be >= 0 (relative damping), got -1.0"),
+    ({"curvature_samples": 0}, "aggregator.curvature_samples: must be >= 1 or null (all samples), got 0"),
+    ({"rho_increase": 1.0}, "aggregator.rho_increase: must be > 1, got 1.0"),
+    ({"shrink_below": 0.9}, "aggregator.shrink_below: must be <= expand_above, got 0.9 > 0.75"),
+])
+def test_bounds_come_before_cross_field_rules_with_todays_messages(values, message):
+    with pytest.raises(ConfigError) as e:
+        parse_params(aggregators.FIPAParams, values, "aggregator")
+    assert str(e.value) == message
+
+
+def test_bound_messages_cover_open_closed_and_nullable_intervals():
+    assert parse_params(ClientConfig, {"local_steps": None}, "client").local_steps is None
+    for values, message in [
+        ({"lr_decay": 0}, "client.lr_decay: must lie in (0, 1] (per-round factor on lr), got 0.0"),
+        ({"momentum": 1}, "client.momentum: must lie in [0, 1), got 1.0"),
+        ({"batch_size": 0}, "client.batch_size: must be >= 1 or null, got 0"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            parse_params(ClientConfig, values, "client")
+        assert str(e.value) == message
+    assert keys.value_problem(RunConfig, "seed", 2**63) == "must lie in [0, 2^63), got 9223372036854775808"
+
+
+def test_list_defaults_are_copied_per_instance():
+    a, b = tasks.TASKS.get("regression").Params(), tasks.TASKS.get("regression").Params()
+    a.hidden.append(1)
+    assert b.hidden == [32, 32]
+
+
+# ----------------------------------------------------------------------------- schema bounds
+
+_SCHEMA_BOUNDS = {"minimum": "ge", "exclusiveMinimum": "gt", "maximum": "le", "exclusiveMaximum": "lt"}
+# where the workflow is deliberately stricter than a run config, and why
+STRICTER_IN_WORKFLOW = {
+    "tasks.*.rounds": "a grid cell trains >= 1 round; `fipa partition`'s run configs use rounds 0",
+    "tasks.*.warmup.rounds": "a warm-up trains >= 1 round",
+}
+WORKFLOW_ONLY = {"threads_per_job"}  # Snakemake's threads; the run config's threads has its own rule
+
+
+def schema_bounds(node: Any, path: str = "") -> dict[str, dict[str, float]]:
+    """Every schema location with numeric bounds: "tasks.*.partitions.*.alpha" -> {"gt": 0}."""
+    out = {}
+    if not isinstance(node, dict):
+        return out
+    bounds = {_SCHEMA_BOUNDS[k]: v for k, v in node.items() if k in _SCHEMA_BOUNDS}
+    if bounds:
+        out[path] = bounds
+    for name, child in node.get("properties", {}).items():
+        out.update(schema_bounds(child, f"{path}.{name}".lstrip(".")))
+    if isinstance(node.get("additionalProperties"), dict):
+        out.update(schema_bounds(node["additionalProperties"], f"{path}.*"))
+    if isinstance(node.get("items"), dict):
+        out.update(schema_bounds(node["items"], f"{path}[]"))
+    return out
+
+
+def fields_for(location: str) -> list[tuple[type, str]]:
+    """The (class, field) pairs a schema location maps to (every registered entry that has the key)."""
+    *where, name = location.removesuffix("[]").split(".")
+    if location == "seeds[]":
+        return [(RunConfig, "seed")]
+    registry = {("aggregators", "*"): aggregators.AGGREGATORS,
+                ("tasks", "*", "partitions", "*"): partition.SCHEMES}.get(tuple(where))
+    if registry is None:  # a task-level (or warm-up) key of the run config
+        return [(RunConfig, name)] if where in (["tasks", "*"], ["tasks", "*", "warmup"]) else []
+    classes = [getattr(registry.get(n), "Params", None) for n in registry.names()]
+    pairs = [(c, name) for c in dict.fromkeys(classes) if c is not None
+             and name in {f.name for f in dataclasses.fields(c)}]
+    return pairs or ([(RunConfig, name)] if name == "clients" else [])
+
+
+def test_schema_bounds_match_the_fields():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    problems = []
+    for location, bounds in schema_bounds(schema).items():
+        if location in WORKFLOW_ONLY:
+            continue
+        pairs = fields_for(location)
+        if not pairs:
+            problems.append(f"{location}: no Params field found for this schema bound")
+        for cls, name in pairs:
+            field = next(f for f in dataclasses.fields(cls) if f.name == name)
+            declared = keys.bounds_of(field)
+            if declared != bounds and location not in STRICTER_IN_WORKFLOW:
+                problems.append(f"{location}: schema {bounds}, {cls.__qualname__}.{name} declares {declared}")
+    assert not problems, "workflow schema and fields disagree:\n" + "\n".join(problems)
