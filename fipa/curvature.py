@@ -266,7 +266,10 @@ def matrix_free_eigs(
     return lam_r.to(dtype), A
 
 
-GRAM_COLUMNS = 1 << 17  # columns per float64 block of the Gram route (32 MiB at N = 32 rows)
+# columns per block of the Gram route's products: in float32 a block's sums err by ~3e-8
+# |s_i| |s_j| (measured on ResNet-18-sized rows), at the rows' own rounding, and are 12 times
+# faster than converting the block to float64 (0.08 s against 1 s per 2.4 M columns, 32 rows)
+GRAM_COLUMNS = 1 << 14
 
 
 def per_sample_rows(
@@ -336,7 +339,8 @@ def gram_eigs(blocks: list[torch.Tensor], rank: int) -> tuple[torch.Tensor, torc
     """Top-``rank`` eigenpairs of H = S^T S from the rows of S [N, P] in column blocks [N, P_l].
 
     The Gram route of :func:`lowrank_factor`, block by block: G = S S^T = sum_l S_l S_l^T
-    [N, N] (float64) = U diag(sigma) U^T, and A = U_r^T S [r, P], whose rows have norm
+    [N, N] = U diag(sigma) U^T, each block of GRAM_COLUMNS columns multiplied in the rows'
+    dtype and the blocks summed and eigendecomposed in float64; A = U_r^T S [r, P], whose rows have norm
     sqrt(sigma_i) and direction v_i, so H ~= A^T A with the exact top-r eigenpairs of S^T S.
     ``blocks`` is consumed: each S_l is freed once mapped back to U_r^T S_l [r, P_l], so the
     peak is max(N P + r max_l P_l, 2 r P) numbers (the images concatenated at the end).
@@ -345,12 +349,16 @@ def gram_eigs(blocks: list[torch.Tensor], rank: int) -> tuple[torch.Tensor, torc
     N, dtype = blocks[0].shape[0], blocks[0].dtype
     P = sum(b.shape[1] for b in blocks)
     r = min(rank, N, P)
-    if not all(bool(torch.isfinite(b).all()) for b in blocks):  # a diverged model: NaN out, no eigh
-        blocks.clear()
-        return torch.full((r,), math.nan, dtype=dtype), torch.full((r, P), math.nan, dtype=dtype)
     G = torch.zeros(N, N, dtype=torch.float64, device=blocks[0].device)
     for b in blocks:
-        G += _gram(b, GRAM_COLUMNS)  # G = sum_l S_l S_l^T
+        for i in range(0, b.shape[1], GRAM_COLUMNS):  # G = sum over column blocks of S_b S_b^T
+            part = b[:, i : i + GRAM_COLUMNS]
+            G += (part @ part.T).double()
+    # a non-finite entry of S makes its row's diagonal entry of G non-finite (a diverged model):
+    # NaN out without an eigensolve, and without a pass over S's N P entries to find it
+    if not bool(torch.isfinite(G).all()):
+        blocks.clear()
+        return torch.full((r,), math.nan, dtype=dtype), torch.full((r, P), math.nan, dtype=dtype)
     sigma, U = torch.linalg.eigh(G)  # ascending
     sigma_r, U_r = sigma[-r:].flip(-1).clamp_min(0), U[:, -r:].flip(-1)
     T = U_r.T.to(dtype)

@@ -66,6 +66,12 @@ class Registry(Generic[T]):
             )
         return self._entries[name]
 
+    def name_problems(self, name: object, key: str) -> list[tuple[str, str]]:
+        """``[(key, why)]`` when ``name`` is no entry (the format of a Params ``check()``), else []."""
+        if isinstance(name, str) and name in self:
+            return []
+        return [(key, f"unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}")]
+
     def names(self) -> list[str]:
         return sorted({*self._entries, *self._lazy})
 

@@ -27,7 +27,7 @@ class Target:
     bounds: tuple[tuple[float, float], ...]
 
 
-TARGETS: Registry[Target] = Registry("regression target")
+TARGETS: Registry[Target] = Registry("target")
 
 
 def _gramacy_lee(x: torch.Tensor) -> torch.Tensor:
@@ -69,10 +69,7 @@ class RegressionParams:
     activation: str = key("tanh", "`tanh`, `relu`, `gelu` or `silu`")
 
     def check(self):
-        out = []
-        if self.target not in TARGETS:
-            out.append(("target", f"unknown target {self.target!r}; choose one of "
-                        f"{', '.join(TARGETS.names())}"))
+        out = TARGETS.name_problems(self.target, "target")
         if self.activation not in ACTIVATIONS:
             out.append(("activation", f"choose one of {', '.join(ACTIVATIONS)}"))
         if any(h < 1 for h in self.hidden):

@@ -68,10 +68,7 @@ class PDEParams:
                              "Allen-Cahn)")
 
     def check(self) -> list[tuple[str, str]]:
-        out = []
-        if self.problem not in PROBLEMS:
-            out.append(("problem", f"unknown PDE {self.problem!r}; choose one of "
-                        f"{', '.join(PROBLEMS.names())}"))
+        out = PROBLEMS.name_problems(self.problem, "problem")
         if (self.problem in PROBLEMS and PROBLEMS.get(self.problem).time is not None
                 and self.n_initial < 1 and not self.hard_ic):
             out.append(("n_initial", f"{self.problem} is an evolution problem: needs >= 1 initial point"))

@@ -62,24 +62,27 @@ MODELS: Registry[ModelBuilder] = Registry("vision model")
 def digits_cnn(channels: int, size: int, classes: int, p: ModelOptions) -> nn.Module:
     """conv3x3(16) relu pool, conv3x3(32) relu pool, fc 64 relu, fc K: P = 13,706 on 1x8x8
     (no normalization unless ``norm`` asks for one after each convolution)."""
-    body = nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1), *_norm_layers(p, 16, "none"), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), *_norm_layers(p, 32, "none"), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * (size // 4) ** 2, 64), nn.ReLU(),
-    )
-    return Classifier(body, nn.Linear(64, classes))
+    return _two_conv(channels, size, classes, p, (16, 32), 3, 64)
 
 
 @MODELS.register("cnn2")
 def cnn2(channels: int, size: int, classes: int, p: ModelOptions) -> nn.Module:
     """The two-conv CNN of McMahan et al. (2017): conv5x5(32), pool, conv5x5(64), pool, fc 512
     (no normalization unless ``norm`` asks for one after each convolution)."""
+    return _two_conv(channels, size, classes, p, (32, 64), 5, 512)
+
+
+def _two_conv(channels: int, size: int, classes: int, p: ModelOptions, widths: tuple[int, int],
+              kernel: int, hidden: int) -> nn.Module:
+    """conv(k) relu pool, conv(k) relu pool, fc ``hidden`` relu, fc K on [n, channels, size, size]."""
+    (c1, c2), pad = widths, kernel // 2
     body = nn.Sequential(
-        nn.Conv2d(channels, 32, 5, padding=2), *_norm_layers(p, 32, "none"), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), *_norm_layers(p, 64, "none"), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 512), nn.ReLU(),
+        nn.Conv2d(channels, c1, kernel, padding=pad), *_norm_layers(p, c1, "none"), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, kernel, padding=pad), *_norm_layers(p, c2, "none"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * (size // 4) ** 2, hidden), nn.ReLU(),
     )
-    return Classifier(body, nn.Linear(512, classes))
+    return Classifier(body, nn.Linear(hidden, classes))
 
 
 class BasicBlock(nn.Module):

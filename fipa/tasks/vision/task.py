@@ -57,12 +57,7 @@ class VisionParams:
         False, "NHWC images on CUDA, which lets cuDNN use its channels-last (tensor-core) convolutions")
 
     def check(self) -> list[tuple[str, str]]:
-        out = []
-        if self.dataset not in DATASETS:
-            out.append(("dataset", f"unknown data set {self.dataset!r}; choose one of "
-                        f"{', '.join(DATASETS.names())}"))
-        if self.model not in MODELS:
-            out.append(("model", f"unknown model {self.model!r}; choose one of {', '.join(MODELS.names())}"))
+        out = DATASETS.name_problems(self.dataset, "dataset") + MODELS.name_problems(self.model, "model")
         if self.model == "resnet18" and self.norm == "none":
             out.append(("norm", "resnet18 needs a normalization layer: group or batch"))
         return out
