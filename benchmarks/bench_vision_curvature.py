@@ -108,6 +108,9 @@ def phase_epoch(args) -> dict:
     cfg = ClientConfig(optimizer="sgd", lr=0.05, local_epochs=1, batch_size=args.batch_size,
                        params=LocalParams())
     method = ClientMethod(cfg)
+    if args.warm:  # one untimed minibatch: kernels and allocator warm, as in round 2 onwards
+        method.train(task, model, layout, theta, {k: v[: args.batch_size] for k, v in data.items()},
+                     torch.Generator().manual_seed(0), {})
     with PeakMemory(device) as mem:
         t = time.perf_counter()
         method.train(task, model, layout, theta, data, torch.Generator().manual_seed(0), {})
@@ -131,6 +134,8 @@ def phase_curv(args) -> dict:
 
     task, model, layout, theta, data, device = build(args)
     req = curvature_request(args, args.curv_samples)
+    if args.warm:  # one untimed call on 2 samples, as for the epoch
+        client_curvature(curvature_request(args, 2), task, model, layout, theta, data, torch.Generator())
     with PeakMemory(device) as mem:
         t = time.perf_counter()
         out = client_curvature(req, task, model, layout, theta, data, torch.Generator().manual_seed(0))
@@ -288,6 +293,8 @@ def main() -> None:
     p.add_argument("--skip-server", action="store_true", help="leave out the server phase "
                    "(it does not depend on the image size or the curvature settings)")
     p.add_argument("--skip-quality", action="store_true", help="leave out the quality phase")
+    p.add_argument("--cold", dest="warm", action="store_false", help="time the first call of each phase "
+                   "(default: one small untimed call first, the cost per round of a long run)")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:
