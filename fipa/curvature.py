@@ -370,10 +370,13 @@ def gram_eigs(blocks: list[torch.Tensor], rank: int) -> tuple[torch.Tensor, torc
 
 def ggn_diagonal_streamed(
     task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
-    M: torch.Tensor, chunk: int = 32,
+    M: torch.Tensor, chunk: int | None = None,
 ) -> torch.Tensor:
-    """diag(H) [P] accumulated over sample chunks: never more than chunk C' rows of S at once."""
+    """diag(H) [P] accumulated over sample chunks: never more than chunk C' rows of S at once
+    (default: as many samples as keep a chunk's C P Jacobian entries within AUTO_EXACT_NUMBERS)."""
     n = M.shape[0]
+    if chunk is None:
+        chunk = max(1, AUTO_EXACT_NUMBERS // (M.shape[1] * theta.numel()))
     diag = torch.zeros_like(theta)
     for i in range(0, n, chunk):
         sub = {k: v[i : i + chunk] for k, v in batch.items()}

@@ -179,3 +179,31 @@ def test_gram_run_is_deterministic_resumes_and_matches_exact_with_ggn_rows(tmp_p
                   tmp_path / "e", log=log)
     assert gram["final"]["test_acc"] == pytest.approx(exact["final"]["test_acc"], abs=0.011)
     assert gram["final"]["test_loss"] == pytest.approx(exact["final"]["test_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_digits_refinement_with_the_sampled_gram_path_is_within_0005_of_exact(tmp_path):
+    """Issue 18's end-to-end check: config.yaml's digits refinement (FedAvg warm-up, then FIPA),
+    3 seeds, mean final accuracy of curvature_method gram + sampled Fisher within 0.005 of the
+    exact GGN path (benchmarks/bench_digits_curvature.py prints the table, cnn2 included)."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "benchmarks" / "bench_digits_curvature.py"
+    spec = importlib.util.spec_from_file_location("bench_digits", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    accs = {"exact": [], "gram_sampled": []}
+    for seed in (0, 1, 2):
+        where = tmp_path / f"seed{seed}"
+        part, state = bench.warm_start(config, seed, where)
+        for name in accs:
+            res = bench.refine(config, seed, part, state, bench.variants(4)[name], where / name)
+            accs[name].append(res["final"]["test_acc"])
+    gap = np.mean(accs["gram_sampled"]) - np.mean(accs["exact"])
+    print(f"exact {accs['exact']}, gram_sampled {accs['gram_sampled']}, difference {gap:+.4f}")
+    assert abs(gap) <= 0.005

@@ -149,3 +149,17 @@ def test_streamed_diagonal_equals_the_exact_diagonal(setup):
     req = CurvatureRequest("diag", method="matrix_free")
     got = client_curvature(req, task, model, layout, theta, batch, torch.Generator())
     torch.testing.assert_close(got["diag"], ggn_diagonal(S), rtol=1e-10, atol=1e-14)
+
+
+def test_diag_fisher_streams_one_sample_at_a_time_beyond_the_exact_size(setup, monkeypatch):
+    """diag_fisher's request is auto: past AUTO_EXACT_NUMBERS (here made smaller than one
+    sample's C P Jacobian) it accumulates the diagonal sample by sample, same numbers."""
+    from fipa import curvature
+    from fipa.aggregators import AGGREGATORS
+
+    task, model, layout, theta, batch, S = setup
+    monkeypatch.setattr(curvature, "AUTO_EXACT_NUMBERS", theta.numel())  # < C P: chunk of 1 sample
+    req = AGGREGATORS.get("diag_fisher")(AGGREGATORS.get("diag_fisher").Params()).curvature_request()
+    assert req.method == "auto" and req.resolved_method(48, 10, theta.numel()) != "exact"
+    got = client_curvature(req, task, model, layout, theta, batch, torch.Generator())
+    torch.testing.assert_close(got["diag"], ggn_diagonal(S), rtol=1e-10, atol=1e-14)
