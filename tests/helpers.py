@@ -51,3 +51,19 @@ def sigkill_after_round(cmd: list[str], ckpt, round_: int = 3, timeout_s: float 
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def digits_cnn_client(samples: int, dtype=None):
+    """(task, model, layout, theta [P], batch of ``samples`` images) of a seeded digits CNN in
+    float64: the small real CNN the curvature tests compare every method on."""
+    import numpy as np
+    import torch
+
+    from fipa.params import ParamLayout, model_params
+    from fipa.tasks.vision import Vision, VisionParams
+
+    task = Vision(VisionParams(train_subsample=300, test_subsample=10), seed=0, dtype=dtype or torch.float64)
+    torch.manual_seed(0)
+    model = task.build_model()
+    layout = ParamLayout.of(model)
+    return task, model, layout, layout.flatten(model_params(model)), task.client_data(np.arange(samples))

@@ -26,10 +26,9 @@ from fipa.curvature import (
     output_sqrt,
     per_sample_rows,
 )
-from fipa.params import ParamLayout, model_params
 from fipa.simulate import train
-from fipa.tasks.vision import Vision, VisionParams
 from fipa.vectorized import round_curvature
+from tests.helpers import digits_cnn_client
 
 DT = torch.float64
 R = 9
@@ -39,12 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup():
-    task = Vision(VisionParams(train_subsample=300, test_subsample=10), seed=0, dtype=DT)
-    torch.manual_seed(0)
-    model = task.build_model()
-    layout = ParamLayout.of(model)
-    theta = layout.flatten(model_params(model))
-    return task, model, layout, theta, task.client_data(np.arange(24))
+    return digits_cnn_client(24, DT)
 
 
 def same_h(A: torch.Tensor, B: torch.Tensor, scale: float) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -27,8 +26,7 @@ from fipa.curvature import (
     matrix_free_eigs,
     output_sqrt,
 )
-from fipa.params import ParamLayout, model_params
-from fipa.tasks.vision import Vision, VisionParams
+from tests.helpers import digits_cnn_client
 
 DT = torch.float64
 R = 9
@@ -39,12 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup():
-    task = Vision(VisionParams(train_subsample=300, test_subsample=10), seed=0, dtype=DT)
-    torch.manual_seed(0)
-    model = task.build_model()
-    layout = ParamLayout.of(model)
-    theta = layout.flatten(model_params(model))
-    batch = task.client_data(np.arange(48))
+    task, model, layout, theta, batch = digits_cnn_client(48, DT)
     S = ggn_sqrt(task, model, layout, theta, batch)  # [480, P]
     return task, model, layout, theta, batch, S
 
