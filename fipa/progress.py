@@ -37,7 +37,6 @@ class Finished:
     """One ledger line: a cell that ended at ``end`` (epoch s) after ``wall`` s in job ``job``."""
 
     label: str
-    family: str
     job: str
     end: float
     wall: float
@@ -79,9 +78,9 @@ def write_plan(root: str | Path, cells: Iterable[tuple[str, str, Any]], concurre
             "cells": {label: [*prior_seconds(cfg), job] for label, job, cfg in cells}}
     atomic_write(root / PLAN, lambda fh: json.dump(plan, fh))
     (root / LEDGER).unlink(missing_ok=True)
-    for label, _, cfg in cells:  # finished in an earlier session: done, but no measure of this one's pace
+    for label in plan["cells"]:  # finished in an earlier session: done, but no measure of this one's pace
         if (root / label / "final.json").exists():
-            record(root, label, cfg.task.name, 0.0, job=EARLIER)
+            record(root, label, 0.0, job=EARLIER)
     return root / PLAN
 
 
@@ -105,10 +104,11 @@ def record_start(root: str | Path, labels: list[str], t: float | None = None) ->
                    "t": time.time() if t is None else t})
 
 
-def record(root: str | Path, label: str, family: str, wall: float, job: str | None = None) -> None:
-    """Note that ``label`` finished after ``wall`` s; ``job`` defaults to this process."""
-    _append(root, {"event": "end", "label": label, "family": family,
-                   "job": this_job() if job is None else job, "t": time.time(), "wall": wall})
+def record(root: str | Path, label: str, wall: float, job: str | None = None) -> None:
+    """Note that ``label`` finished after ``wall`` s; ``job`` defaults to this process (the
+    plan, not the ledger, knows each cell's family and Snakemake job)."""
+    _append(root, {"event": "end", "label": label, "job": this_job() if job is None else job,
+                   "t": time.time(), "wall": wall})
 
 
 def read_ledger(root: str | Path) -> Ledger:
@@ -124,8 +124,7 @@ def read_ledger(root: str | Path) -> Ledger:
             if d["event"] == "start":
                 ledger.started.update(dict.fromkeys(d["labels"], float(d["t"])))
             else:
-                ledger.done.append(Finished(d["label"], d["family"], d["job"], float(d["t"]),
-                                            float(d["wall"])))
+                ledger.done.append(Finished(d["label"], d["job"], float(d["t"]), float(d["wall"])))
         except (ValueError, KeyError, TypeError):
             continue
     return ledger
@@ -220,7 +219,7 @@ def format_duration(seconds: float | None) -> str:
 def status_line(label: str, final: dict, runs_root: str | Path, total: int) -> str:
     """Record ``final`` in the ledger and return its status line:
     ``[done 14/27] <label>: test_mse 0.0015 (21.3 s); 13 jobs left, about 4 min 10 s``."""
-    record(runs_root, label, final.get("task_family", "?"), float(final.get("wall_s", 0.0)))
+    record(runs_root, label, float(final.get("wall_s", 0.0)))
     ledger = read_ledger(runs_root)
     plan = read_plan(runs_root)
     if plan and label in plan["cells"]:  # this invocation's cells (the targets asked for), not the grid's

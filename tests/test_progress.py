@@ -29,7 +29,7 @@ def load_recording(name: str) -> tuple[dict, list[Finished], dict[str, float], f
         family, prior = prior_seconds(parse_run_config(spec))
         for label, end, wall in job["cells"]:
             cells[label] = [family, prior, job["key"]]
-            events.append(Finished(label, family, job["key"], end, wall))
+            events.append(Finished(label, job["key"], end, wall))
             starts[label] = job["start"]
     events.sort(key=lambda f: f.end)
     return {"concurrency": rec["concurrency"], "cells": cells}, events, starts, events[-1].end
@@ -72,24 +72,24 @@ def test_running_job_counts_its_progress_and_finished_earlier_cells_no_pace():
     cells = {"a/p/m/x/seed0": ["t", 10.0, "a/p/m"], "b/p/m/x/seed0": ["t", 10.0, "b/p/m"],
              "c/p/m/x/seed0": ["t", 10.0, "c/p/m"]}
     plan = {"concurrency": 1, "cells": cells}
-    earlier = Finished("c/p/m/x/seed0", "t", progress.EARLIER, 0.0, 0.0)
-    first = Finished("a/p/m/x/seed0", "t", "pid1", 20.0, 20.0)  # took twice its prior
+    earlier = Finished("c/p/m/x/seed0", progress.EARLIER, 0.0, 0.0)
+    first = Finished("a/p/m/x/seed0", "pid1", 20.0, 20.0)  # took twice its prior
     started = {"a/p/m/x/seed0": 0.0, "b/p/m/x/seed0": 20.0}
     assert estimate_left(plan, Ledger([earlier], {}), 3, 5.0) is None  # nothing measured yet
     at_start = estimate_left(plan, Ledger([earlier, first], started), 3, 20.0)
     halfway = estimate_left(plan, Ledger([earlier, first], started), 3, 30.0)
     assert at_start == pytest.approx(20.0)  # b's prior 10 s x the observed ratio 2
     assert halfway == pytest.approx(10.0)
-    assert estimate_left(plan, Ledger([earlier, first, Finished("b/p/m/x/seed0", "t", "pid2", 40.0, 20.0)],
+    assert estimate_left(plan, Ledger([earlier, first, Finished("b/p/m/x/seed0", "pid2", 40.0, 20.0)],
                                       started), 3, 40.0) == 0.0
 
 
 def test_ledger_lines_survive_concurrent_appends_and_skip_torn_ones(tmp_path):
     progress.record_start(tmp_path, ["a", "b"], t=1.0)
-    progress.record(tmp_path, "a", "pde", 3.5)
+    progress.record(tmp_path, "a", 3.5)
     with open(tmp_path / progress.LEDGER, "a") as fh:
         fh.write('{"event": "end", "label": "tor')  # a line cut by a kill
-    progress.record(tmp_path, "b", "pde", 4.0)
+    progress.record(tmp_path, "b", 4.0)
     ledger = progress.read_ledger(tmp_path)
     assert [f.label for f in ledger.done] == ["a"]  # the torn line swallowed b's: skipped whole
     assert ledger.started == {"a": 1.0, "b": 1.0}
@@ -100,7 +100,7 @@ def test_status_line_reads_the_ledger_not_every_final_json(tmp_path):
     (tmp_path / "x" / "final.json").write_text("{corrupt")  # would break a scan of results
     final = {"task_family": "regression", "primary_metric": "test_mse", "final": {"test_mse": 0.0015},
              "wall_s": 21.3, "diverged": False}
-    progress.record(tmp_path, "done/p/m/a/seed0", "regression", 10.0)
+    progress.record(tmp_path, "done/p/m/a/seed0", 10.0)
     line = progress.status_line("t/p/m/a/seed0", final, tmp_path, 4)
     assert line.startswith("[done 2/4] t/p/m/a/seed0: test_mse 0.0015 (21.3 s); 2 jobs left, about ")
 
