@@ -103,8 +103,8 @@ def load_warmup(path: str, like: torch.Tensor, like_buffers: dict[str, torch.Ten
         raw = torch.load(path, weights_only=True)
         theta, warm_buffers = raw["theta"], raw.get("buffers", {})
     except Exception as e:
-        raise ConfigError(f"warmup_checkpoint: {path} is unreadable ({type(e).__name__}); "
-                          "rerun the warm-up") from None
+        raise UnreadableFileError(f"warmup_checkpoint: {path} is unreadable ({type(e).__name__}); "
+                                  "rerun the warm-up") from None
     if theta.shape != like.shape:
         raise ConfigError(f"warmup_checkpoint: {path} has {theta.numel()} parameters, the model "
                           f"{like.numel()}; the warm-up was made for another model")

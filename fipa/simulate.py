@@ -150,7 +150,8 @@ def load_partition(path: str, cfg: RunConfig, n: int) -> list[np.ndarray]:
         data = json.loads(Path(path).read_text())
         parts = [np.asarray(p, dtype=np.int64) for p in data["indices"]]
     except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"partition_file: {path} is unreadable ({e}); run `fipa partition` again") from None
+        raise UnreadableFileError(f"partition_file: {path} is unreadable ({e}); run `fipa partition` "
+                                  "again") from None
     if len(parts) != cfg.clients or data.get("n") != n:
         raise ConfigError(
             f"partition_file: {path} holds {len(parts)} clients over {data.get('n')} samples, "
