@@ -201,11 +201,12 @@ class RunConfig:
         return d
 
 
-_TOP_KEYS = {
-    "task", "partition", "client", "aggregator", "rounds", "seed", "participation",
-    "eval_every", "checkpoint_every", "dtype", "device", "partition_file", "warmup_checkpoint",
-    "labels", "vectorize", "threads", "divergence_factor", "plugins",
-}
+_SECTIONS = ("task", "partition", "client", "aggregator")
+# the top-level keys and the types they are coerced to: RunConfig's fields (``clients`` is
+# partition.clients), but ``threads`` is "auto" or a count, which _check_top checks itself
+_TOP_TYPES = {name: typ for name, typ in typing.get_type_hints(RunConfig).items()
+              if name not in (*_SECTIONS, "clients")} | {"threads": Any}
+_TOP_KEYS = {*_SECTIONS, *_TOP_TYPES}
 _REQUIRED = ("task", "partition", "client", "aggregator", "rounds")
 _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
 
@@ -258,7 +259,7 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
     )
 
     agg, _ = parse_section(raw["aggregator"], "aggregator", "name", aggregators.AGGREGATORS)
-    top = {k: raw[k] for k in _TOP_KEYS - {"task", "partition", "client", "aggregator"} if k in raw}
+    top = {k: raw[k] for k in _TOP_TYPES if k in raw}
     cfg = RunConfig(
         task=task, partition=part, clients=n_clients, client=client, aggregator=agg,
         rounds=_coerce(top.pop("rounds"), int, "rounds"),
@@ -266,15 +267,6 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
     )
     _check_top(cfg)
     return cfg
-
-
-_TOP_TYPES = {
-    "seed": int, "participation": float, "eval_every": int, "checkpoint_every": int,
-    "dtype": typing.Literal["float32", "float64"], "device": str,
-    "partition_file": str | None, "warmup_checkpoint": str | None, "labels": dict,
-    "vectorize": typing.Literal["auto", True, False], "threads": Any,
-    "divergence_factor": float, "plugins": list[str],
-}
 
 
 def _check_top(cfg: RunConfig) -> None:
