@@ -67,3 +67,22 @@ def digits_cnn_client(samples: int, dtype=None):
     model = task.build_model()
     layout = ParamLayout.of(model)
     return task, model, layout, layout.flatten(model_params(model)), task.client_data(np.arange(samples))
+
+
+def parse_every_cell(config: dict[str, Any], tmp_path, source: str) -> list:
+    """Parse every training and warm-up job of a workflow config with `fipa train`'s validator
+    (placeholder partition and warm-up files: existence is checked here, content at training);
+    returns the grid's cells."""
+    from fipa import grid
+    from fipa.config import parse_run_config
+
+    part, warm = tmp_path / "partition.json", tmp_path / "warm.pt"
+    part.touch()
+    warm.touch()
+    cells = grid.cells(config)
+    for cell in cells:
+        parse_run_config(grid.run_spec(config, cell, str(part), str(warm)), source=f"{source}: {cell.run_id}")
+    for task, partition in {(c.task, c.partition) for c in cells}:
+        if "warmup" in config["tasks"][task]:
+            parse_run_config(grid.warmup_spec(config, task, partition, 0, str(part)))
+    return cells

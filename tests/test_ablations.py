@@ -16,6 +16,7 @@ from matplotlib.colors import to_hex
 from fipa import grid, palette, report
 from fipa import report_plots as rp
 from fipa.config import parse_run_config
+from tests.helpers import parse_every_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "config" / "ablations.yaml"
@@ -62,19 +63,9 @@ def grid_summary(tmp_path_factory) -> pd.DataFrame:
 
 
 def test_every_cell_and_warmup_of_the_ablation_config_is_a_valid_run(tmp_path):
-    config = load(ABLATIONS)
-    part, warm = tmp_path / "partition.json", tmp_path / "warm.pt"
-    part.touch()
-    warm.touch()
-    cells = grid.cells(config)
+    cells = parse_every_cell(load(ABLATIONS), tmp_path, "config/ablations.yaml")
     # rho 6 + fedavg, x 2 partitions x 2 participations; rank 5 + fedavg; clients 4 x 2; alpha 4 x 2
     assert len(cells) == 3 * (7 * 2 * 2 + 6 + 4 * 2 + 4 * 2)
-    for cell in cells:
-        spec = grid.run_spec(config, cell, str(part), str(warm))
-        parse_run_config(spec, source=f"config/ablations.yaml: {cell.run_id}")
-    for task, partition in {(c.task, c.partition) for c in cells}:
-        if "warmup" in config["tasks"][task]:
-            parse_run_config(grid.warmup_spec(config, task, partition, 0, str(part)))
 
 
 def test_ablation_tasks_share_the_default_configs_settings():

@@ -174,18 +174,8 @@ def test_every_cell_of_shipped_configs_is_a_valid_run(configfile, tmp_path):
 
     from snakemake.utils import validate
 
-    from fipa import grid
+    from tests.helpers import parse_every_cell
 
     config = yaml.safe_load(Path(configfile).read_text())
     validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
-    part, warm = tmp_path / "partition.json", tmp_path / "warm.pt"
-    part.touch()
-    warm.touch()  # existence is checked here; content when training starts
-    cells = grid.cells(config)
-    assert cells
-    for cell in cells:
-        spec = grid.run_spec(config, cell, str(part), str(warm))
-        parse_run_config(spec, source=f"{configfile}: {cell.run_id}")
-    for task, partition in {(c.task, c.partition) for c in cells}:
-        if "warmup" in config["tasks"][task]:
-            parse_run_config(grid.warmup_spec(config, task, partition, 0, str(part)))
+    assert parse_every_cell(config, tmp_path, configfile)
