@@ -412,6 +412,15 @@ def client_curvature(
     (matrix_free only; exact and gram draw nothing more).
     """
     batch, M = curvature_sample(request, task, model, layout, theta, batch, gen)
+    return sample_curvature(request, task, model, layout, theta, batch, M, gen)
+
+
+def sample_curvature(
+    request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout,
+    theta: torch.Tensor, batch: Batch, M: torch.Tensor, gen: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """:func:`client_curvature` once :func:`curvature_sample` has drawn the subsample ``batch``
+    and its output-Hessian factors M [n, C, C'] (``gen`` draws the probes of matrix_free)."""
     method = request.resolved_method(M.shape[0], M.shape[-1], theta.numel())
     if method in ("gram", "matrix_free") and request.kind == "diag":
         return {"diag": ggn_diagonal_streamed(task, model, layout, theta, batch, M)}
@@ -426,7 +435,11 @@ def client_curvature(
         return {"eigvals": sigma, "factor": A}
     if method != "exact":
         raise ValueError(f"unknown curvature method {request.method!r}; use one of {', '.join(METHODS)}")
-    S = ggn_sqrt(task, model, layout, theta, batch, M)
+    return summarize(request, ggn_sqrt(task, model, layout, theta, batch, M))
+
+
+def summarize(request: CurvatureRequest, S: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The upload from S [N, P] (H = S^T S): {"diag": [P]} or {"eigvals": [r], "factor": [r, P]}."""
     if request.kind == "diag":
         return {"diag": ggn_diagonal(S)}
     sigma, A = lowrank_factor(S, request.rank)

@@ -35,14 +35,7 @@ from torch.func import vmap
 
 from fipa import buffers
 from fipa.clients import ClientMethod, ClientState, batch_plan, make_optimizer
-from fipa.curvature import (
-    CurvatureRequest,
-    client_curvature,
-    contract_rows,
-    curvature_sample,
-    ggn_diagonal,
-    lowrank_factor,
-)
+from fipa.curvature import CurvatureRequest, contract_rows, curvature_sample, sample_curvature, summarize
 from fipa.losses import per_sample_loss
 from fipa.params import ParamLayout
 from fipa.tasks.base import Batch, Task, num_samples
@@ -409,13 +402,11 @@ def round_curvature(
     exact: list[tuple[int, Batch, torch.Tensor]] = []  # (client, its batch, M_i [n, C, C'])
     for m, (data, gen) in enumerate(zip(datas, gens, strict=True)):
         theta = at if at.dim() == 1 else at[m]
-        rng = gen.get_state()
         batch, M_sqrt = curvature_sample(request, task, model, layout, theta, data, gen)  # M [n, C, C']
         if request.resolved_method(M_sqrt.shape[0], M_sqrt.shape[-1], theta.numel()) == "exact":
             exact.append((m, batch, M_sqrt))
-        else:  # start this client's draws again on its own path
-            gen.set_state(rng)
-            out[m] = client_curvature(request, task, model, layout, theta, data, gen)
+        else:  # gram or matrix_free: this client's own path, from the sample just drawn
+            out[m] = sample_curvature(request, task, model, layout, theta, batch, M_sqrt, gen)
     if exact:
         batch = {k: torch.cat([b[k] for _, b, _ in exact]) for k in exact[0][1]}
         if at.dim() == 1:
@@ -429,10 +420,6 @@ def round_curvature(
         for m, b, M_sqrt in exact:
             n = num_samples(b)
             S = contract_rows(M_sqrt, J[start : start + n])  # stack_i M_i^T J_i / sqrt(n)
+            out[m] = summarize(request, S)
             start += n
-            if request.kind == "diag":
-                out[m] = {"diag": ggn_diagonal(S)}
-            else:
-                sigma, A = lowrank_factor(S, request.rank)
-                out[m] = {"eigvals": sigma, "factor": A}
     return out  # type: ignore[return-value]
