@@ -183,11 +183,9 @@ def batch_runtime(wildcards, attempt):
 def data_preflight():
     """Stop a run before its first job when a task that has jobs to run lacks its data on disk
     (a vision data set not downloaded yet), naming the command that fetches it. Called from
-    onstart: dry runs (-n) read no data; cluster jobs' own Snakemake skips it."""
+    onstart (submitting host): dry runs (-n) read no data."""
     from snakemake.exceptions import WorkflowError
 
-    if not workflow.is_main_process:
-        return
     jobs = workflow.dag.needrun_jobs()
     tasks = sorted({job.wildcards_dict["task"] for job in jobs if "task" in job.wildcards_dict})
     problems = grid.missing_data(config, tasks)
@@ -228,7 +226,7 @@ def slurm_preflight():
     from snakemake.exceptions import WorkflowError
 
     plugin = workflow.executor_plugin
-    if plugin is None or plugin.name != "slurm" or not workflow.is_main_process:
+    if plugin is None or plugin.name != "slurm":
         return
     if getattr(workflow.executor_settings, "partition_config", None) or os.environ.get(
         "SNAKEMAKE_SLURM_PARTITIONS"
