@@ -66,6 +66,52 @@ def find_runs(paths: Iterable[str | Path], superseded: bool = False) -> list[Pat
     return sorted(found)
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _metrics_map(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items())
+
+
+# the keys of final.json that collect reads, each with what its value must be
+FINAL_TYPES = {
+    **dict.fromkeys(("task", "partition", "client_method", "aggregator", "primary_metric"),
+                    ("a string", lambda v: isinstance(v, str))),
+    "seed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "rounds_completed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "diverged": ("true or false", lambda v: isinstance(v, bool)),
+    "final": ("a mapping of metric names to numbers", _metrics_map),
+    "best": ("a mapping of metric names to numbers", _metrics_map),
+    "uplink_bytes_total": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "wall_s": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "num_params": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+}
+
+
+def _final_problem(final: object) -> str | None:
+    """What is wrong with a final.json's content (None: nothing): a key missing, a value of the
+    wrong type, or rounds that disagree with its own config (a run ends at its config's rounds,
+    or earlier when it diverged)."""
+    if not isinstance(final, dict):
+        return "is not a JSON object"
+    missing = [k for k in FINAL_TYPES if k not in final]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key, (what, ok) in FINAL_TYPES.items():
+        if not ok(final[key]):
+            return f"{key} is {final[key]!r}, not {what}"
+    rounds = (final.get("config") or {}).get("rounds") if isinstance(final.get("config"), dict) else None
+    done = final["rounds_completed"]
+    if _is_int(rounds) and (done > rounds or (done < rounds and not final["diverged"])):
+        return f"records rounds_completed {done} for a config of {rounds} rounds"
+    return None
+
+
 def read_final(run_dir: Path) -> dict:
     """A run's final.json, or one ConfigError naming the file and what is wrong with it."""
     from fipa.errors import ConfigError
@@ -76,12 +122,49 @@ def read_final(run_dir: Path) -> dict:
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); rerun that run "
                           "(its checkpoint resumes it) or move the directory away") from None
-    missing = [k for k in (*ID_COLUMNS, "rounds_completed", "diverged", "primary_metric", "final", "best",
-                           "uplink_bytes_total", "wall_s", "num_params") if k not in final]
-    if missing:
-        raise ConfigError(f"{path}: lacks {', '.join(missing)}; not a final.json written by `fipa train` "
-                          "(rerun that run)")
+    problem = _final_problem(final)
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}; not a final.json as `fipa train` writes it (rerun that run)")
     return final
+
+
+SUMMARY_COLUMNS = [*ID_COLUMNS, "primary_metric", "diverged", "run_dir"]
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """A summary table of ``fipa collect``: at least one run, with the columns every reader needs;
+    one ConfigError naming the file and the fix otherwise."""
+    from fipa.errors import ConfigError
+
+    fix = "run `fipa collect` (or the workflow) to write it"
+    try:
+        summary = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no summary table; {fix}") from None
+    except (OSError, ValueError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise ConfigError(f"{path}: not a summary table ({type(e).__name__}: {e}); {fix}") from None
+    missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
+    if missing:
+        raise ConfigError(f"{path}: lacks the columns {', '.join(missing)}; {fix}")
+    if summary.empty:
+        raise ConfigError(f"{path}: holds no runs (a header only); train some runs, then {fix}")
+    return summary
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.csv: at least its initial row, every column numeric (round, losses, the
+    task's metrics, ...); one ConfigError naming the file otherwise."""
+    from fipa.errors import ConfigError
+
+    fix = "rerun that run (its checkpoint rewrites it) or move the directory away"
+    try:
+        m = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); {fix}") from None
+    bad = [c for c in m.columns if not pd.api.types.is_numeric_dtype(m[c])]
+    if m.empty or "round" not in m.columns or bad:
+        raise ConfigError(f"{path}: not a metrics table (rows {len(m)}, non-numeric columns {bad}); {fix}")
+    return m
 
 
 def summary_row(run_dir: Path) -> dict:
@@ -117,7 +200,7 @@ def load_curves(summary: pd.DataFrame) -> pd.DataFrame:
     """metrics.csv of every run in the summary, with its ID columns: long format."""
     frames = []
     for _, r in summary.iterrows():
-        m = pd.read_csv(Path(r["run_dir"]) / "metrics.csv")
+        m = read_metrics(Path(r["run_dir"]) / "metrics.csv")
         for k in ID_COLUMNS:
             m[k] = r[k]
         frames.append(m)
@@ -907,6 +990,7 @@ def execute_report(notebook: str | Path, output: str | Path, html: str | Path | 
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
+    read_summary(Path(results_dir) / "summary.csv")  # the notebook's input, checked before a kernel starts
     output = Path(output)
     tmp = output.with_name(f".running.{output.name}")
     os.environ.setdefault("DDE_BACKEND", "pytorch")

@@ -31,6 +31,7 @@ from fipa.report import (
     knob_text,
     load_curves,
     paired_effects,
+    read_summary,
 )
 
 GID = "agg:"
@@ -502,7 +503,7 @@ def knob_figures(panels: list[KnobPanel]) -> dict[str, object]:
 def figures(summary_csv: str | Path, outdir: str | Path) -> list[Path]:
     """Convergence and final-metric figures for every task x partition in the summary; for an
     ablation run (is_ablation_run) also ``knob_<knob>`` figures, the metric against each knob."""
-    summary = pd.read_csv(summary_csv)
+    summary = read_summary(summary_csv)
     outdir = Path(outdir)
     written: list[Path] = []
     curves = load_curves(summary)
