@@ -71,6 +71,9 @@ def import_plugin(entry: str, key: str = KEY) -> ModuleType:
         name, origin = entry, _module_origin(entry, key)
     try:
         module = importlib.import_module(name)
+    except SystemExit as e:  # sys.exit() at import would end the job with its status and no run
+        raise ConfigError(f"{key}: plugin {entry!r} called sys.exit({e.code!r}) while importing"
+                          f"{_where(e, origin)}; a plugin must only define and register entries") from None
     except Exception as e:  # the plugin's own code failed: report it where it failed
         raise ConfigError(f"{key}: plugin {entry!r} failed to import: {type(e).__name__}: {e}"
                           f"{_where(e, origin)}") from None

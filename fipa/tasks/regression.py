@@ -64,7 +64,7 @@ class RegressionParams:
     target: str = key("multiscale_sine", "the function: `multiscale_sine`, `gramacy_lee` or `schaffer` (2-D)")
     n_train: int = key(256, "training samples, drawn uniformly on the target's box", ge=1)
     test_points: int = key(2000, "test grid points; the 2-D grid uses its square root per axis", ge=2)
-    noise: float = key(0.0, "standard deviation of Gaussian noise on the training targets (0: none)")
+    noise: float = key(0.0, "standard deviation of Gaussian noise on the training targets (0: none)", ge=0)
     hidden: list[int] = key([32, 32], "hidden layer widths of the MLP")
     activation: str = key("tanh", "`tanh`, `relu`, `gelu` or `silu`")
 
