@@ -127,6 +127,9 @@ def check(config: dict[str, Any]) -> None:
         raise ConfigError(f"seeds: {seeds} repeats a seed; list each seed once")
     for tname, t in config["tasks"].items():
         for key, section in (("aggregators", "aggregators"), ("client_methods", "client_methods")):
+            if t.get(key) == []:
+                raise ConfigError(f"tasks.{tname}.{key}: an empty list gives this task no training job; "
+                                  f"list at least one name of top-level {section}, or drop the key for all")
             for name in t.get(key) or []:
                 if name not in config[section]:
                     raise ConfigError(f"tasks.{tname}.{key}: {name!r} is not defined under top-level "
@@ -143,6 +146,7 @@ def check(config: dict[str, Any]) -> None:
                 if name not in config[section]:
                     raise ConfigError(f"tasks.{tname}.warmup.{key}: {name!r} is not defined under "
                                       f"top-level {section}")
+    check_distinct_run_dirs(config)
     checked: set[str] = set()
     for cell in cells(config):
         specs = [(f"tasks.{cell.task} cell {cell.run_id}", run_spec(config, cell, "", None))]
@@ -158,6 +162,22 @@ def check(config: dict[str, Any]) -> None:
                 parse_run_config(spec, where)
             except ConfigError as e:
                 raise ConfigError(f"{where}: {e}") from None
+
+
+def check_distinct_run_dirs(config: dict[str, Any]) -> None:
+    """Refuse two cells whose run directories resolve to one path (a name "." or ".." would make
+    them): one cell's results would replace the other's."""
+    import os
+
+    from fipa.errors import ConfigError
+
+    seen: dict[str, GridCell] = {}
+    for cell in cells(config):
+        where = os.path.normpath(cell.run_id)
+        if where in seen:
+            raise ConfigError(f"tasks.{cell.task}: cells {seen[where].run_id} and {cell.run_id} resolve to "
+                              f"one run directory (results/runs/{where}); rename the entries named . or ..")
+        seen[where] = cell
 
 
 def _seedless_key(spec: dict[str, Any]) -> str:
