@@ -86,6 +86,23 @@ def parse_cells(raw: Any, where: str) -> list[CellJob]:
     return [CellJob.parse(c, f"{where}[{i}]") for i, c in enumerate(raw)]
 
 
+def check_distinct_outputs(cells: list[CellJob]) -> None:
+    """Refuse a batch in which two cells resolve to one run directory (before any work): the
+    directory lock keeps out other processes, not a second cell of this one, whose run would
+    silently replace the first's."""
+    import os
+
+    seen: dict[str, CellJob] = {}
+    for cell in cells:
+        where = os.path.realpath(cell.output)
+        if where in seen:
+            first = seen[where]
+            names = f"{first.label or first.output} and {cell.label or cell.output}"
+            raise ConfigError(f"{cell.output}: two cells of this batch write into one run directory "
+                              f"({names}, both {where}); give each cell its own output directory")
+        seen[where] = cell
+
+
 def hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -118,6 +135,7 @@ def run_cells(cells: list[CellJob], make_log: Callable[[CellJob], Callable[[str]
     """
     from fipa.simulate import finished_run, prepare_run_dir
 
+    check_distinct_outputs(cells)
     results: dict[str, dict | None] = {}
     todo: dict[str, list[tuple[CellJob, Any, str]]] = {}  # device -> (cell, config, label)
     for cell in cells:

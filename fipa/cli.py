@@ -146,7 +146,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_train_batch(args: argparse.Namespace) -> None:
     """Several cells in one process (fipa/batch.py): start-up paid once for the batch."""
-    from fipa.batch import CellJob, load_manifest, parse_cells, run_cells, write_summary
+    from fipa.batch import (
+        CellJob,
+        check_distinct_outputs,
+        load_manifest,
+        parse_cells,
+        run_cells,
+        write_summary,
+    )
 
     cells = load_manifest(args.manifest) if args.manifest else []
     cells += parse_cells(args.cells, "--cells") if args.cells else []
@@ -154,6 +161,7 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
     if not cells:
         raise ConfigError("train-batch: give a manifest file, --cells JSON or at least one "
                           "--cell CONFIG OUTDIR")
+    check_distinct_outputs(cells)  # before the progress ledger records the cells as started
 
     def make_log(cell):
         return _log_to(cell.log) if cell.log else (lambda s: None) if args.quiet else _flush_print
@@ -237,9 +245,10 @@ def cmd_export_warmup(args: argparse.Namespace) -> None:
     ``warmup_checkpoint`` (buffers: BatchNorm statistics, for models that have them)."""
     import torch
 
-    from fipa.checkpoint import warmup_state
+    from fipa.checkpoint import check_export_target, warmup_state
     from fipa.io import atomic_write
 
+    check_export_target(Path(args.run_dir), args.output)
     state = warmup_state(Path(args.run_dir))
     theta, rnd = state["theta"], state["round"]
     atomic_write(args.output, lambda fh: torch.save(state, fh), mode="wb")

@@ -280,3 +280,30 @@ def claim(device: str) -> Iterator[torch.device]:
     t0 = time.monotonic()
     with gpu_slot(list(grant.gpus)) as gpu, _using(gpu, f"locked after {time.monotonic() - t0:.1f} s") as d:
         yield d
+
+
+def _host_free_bytes(device: torch.device) -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), else None (the check is skipped)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            line = next(ln for ln in fh if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) * 1024  # kB
+
+
+def _cuda_free_bytes(device: torch.device) -> int | None:
+    """Free memory of the GPU (``torch.cuda.mem_get_info``); None without CUDA (fake GPUs)."""
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+# device type -> memory a job there may still allocate, in bytes (None: unknown)
+FREE_BYTES = {"cpu": _host_free_bytes, "cuda": _cuda_free_bytes}
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation on ``device`` can still get (None where unknown)."""
+    probe = FREE_BYTES.get(device.type)
+    return probe(device) if probe is not None else None

@@ -22,6 +22,16 @@ class ParamLayout:
         return cls(tuple(n for n, _ in named), tuple(s for _, s in named))
 
     @property
+    def architecture(self) -> str:
+        """A hash of the parameter names and shapes (not their values): tells two models of the
+        same parameter count apart (a warm-up state checks it, fipa/checkpoint.py)."""
+        import hashlib
+        import json
+
+        text = json.dumps([[n, list(s)] for n, s in zip(self.names, self.shapes, strict=True)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
     def sizes(self) -> list[int]:
         return [s.numel() for s in self.shapes]
 

@@ -26,12 +26,14 @@ from fipa import buffers, devices, vectorized
 from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, LossProbe
 from fipa.checkpoint import (
     CHECKPOINT,
+    Expected,
     RunState,
     fingerprint,
     load_checkpoint,
     load_warmup,
     read_checkpoint,
     save_checkpoint,
+    stale_reason,
 )
 from fipa.client_config import ClientConfig
 from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size, steps_per_round
@@ -41,7 +43,7 @@ from fipa.errors import ConfigError, UnreadableFileError
 from fipa.io import RunDirLock, remove_stale_temps, write_csv, write_json
 from fipa.losses import hessian_scale, mean_loss
 from fipa.params import ParamLayout
-from fipa.partition import make_partition
+from fipa.partition import SCHEMES, make_partition
 from fipa.tasks import build_task
 from fipa.tasks.base import Batch, Task, num_samples
 from fipa.threads import ThreadChoice, choose_threads
@@ -50,10 +52,14 @@ from fipa.vectorized import choose_path
 
 BASE_COLUMNS = ["round", "train_loss", "test_loss"]
 TAIL_COLUMNS = ["uplink_bytes", "uplink_bytes_total", "diverged", "wall_s"]
-def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
-    """Move a checkpointed run of another config into ``outdir/superseded/<time>/``.
 
-    Resuming such a run would mix two configs, and deleting it would lose finished work;
+
+def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
+    """Move a checkpointed run of another config (or one past this config's rounds) into
+    ``outdir/superseded/<time>/``.
+
+    Resuming such a run would mix two configs (or shorten a finished run, whose final.json
+    would then record more rounds than its config), and deleting it would lose finished work;
     returns the new folder, or None when there is nothing stale (no or a matching checkpoint,
     or an unreadable one, which training then reports).
     """
@@ -66,10 +72,10 @@ def supersede_stale_run(outdir: Path, cfg: RunConfig) -> Path | None:
         # a finished run whose checkpoint is gone: it cannot be resumed, and must not be overwritten
     else:
         try:
-            stored = read_checkpoint(ckpt).get("fingerprint")
+            raw = read_checkpoint(ckpt)
         except UnreadableFileError:
             return None
-        if stored == fingerprint(cfg):
+        if stale_reason(raw, fingerprint(cfg), cfg.rounds) is None:
             return None
     dest = outdir / "superseded" / time.strftime("%Y%m%dT%H%M%S")
     dest.mkdir(parents=True)
@@ -126,6 +132,9 @@ def check_writable(outdir: Path) -> None:
         raise ConfigError(f"{outdir}: is a file, not a run directory; choose another -o/--output")
     probe = outdir
     while not probe.exists():
+        if probe.is_symlink():  # exists() is False for a link to nowhere and for a link loop
+            raise ConfigError(f"{outdir}: {probe} is a symbolic link that leads nowhere (or to itself); "
+                              "remove the link or choose another -o/--output")
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{outdir}: cannot write there ({probe} is not a writable directory); "
@@ -145,19 +154,93 @@ def sample_clients(seed: int, rnd: int, num_clients: int, participation: float) 
 
 
 def load_partition(path: str, cfg: RunConfig, n: int) -> list[np.ndarray]:
-    """Client index lists from a ``fipa partition`` file, checked against this run."""
+    """Client index lists from a ``fipa partition`` file, checked by PARTITION_RULES against this
+    run (``n`` samples in its task's training pool)."""
     try:
         data = json.loads(Path(path).read_text())
-        parts = [np.asarray(p, dtype=np.int64) for p in data["indices"]]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         raise UnreadableFileError(f"partition_file: {path} is unreadable ({e}); run `fipa partition` "
                                   "again") from None
-    if len(parts) != cfg.clients or data.get("n") != n:
-        raise ConfigError(
-            f"partition_file: {path} holds {len(parts)} clients over {data.get('n')} samples, "
-            f"but this run has {cfg.clients} clients over {n}; regenerate it with `fipa partition`"
-        )
-    return parts
+    for rule in PARTITION_RULES:
+        problem = rule(data, cfg, n)
+        if problem is not None:
+            raise ConfigError(f"partition_file: {path} {problem}; regenerate it with `fipa partition` "
+                              "for this run's config")
+    return [np.asarray(p, dtype=np.int64) for p in data["indices"]]
+
+
+# ----------------------------------------------------------------------------- partition rules
+# each: (the file's JSON content, the run's config, its sample count n) -> one problem, or None
+
+
+def _part_form(data: Any, cfg: RunConfig, n: int) -> str | None:
+    """A mapping whose ``indices`` are lists of integer sample indices, one list per client."""
+    indices = data.get("indices") if isinstance(data, dict) else None
+    if not isinstance(indices, list) or not all(
+            isinstance(p, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in p)
+            for p in indices):
+        return "is not a partition file (indices: one list of sample indices per client)"
+    return None
+
+
+def _part_size(data: dict, cfg: RunConfig, n: int) -> str | None:
+    """As many clients as the run, over the run's sample count."""
+    if len(data["indices"]) != cfg.clients or data.get("n") != n:
+        return (f"holds {len(data['indices'])} clients over {data.get('n')} samples, but this run has "
+                f"{cfg.clients} clients over {n}")
+    return None
+
+
+def _part_origin(data: dict, cfg: RunConfig, n: int) -> str | None:
+    """Made for this run's seed, task and partition settings (a split of another seed or scheme
+    would train on data the run's config does not describe)."""
+    if data.get("seed") != cfg.seed:
+        return f"was made for seed {data.get('seed')!r}, this run has seed {cfg.seed}"
+    made = {"task": data.get("task"), "partition": data.get("partition")}
+    wanted = {"task": cfg.task.to_dict("name"), "partition": {**cfg.partition.to_dict("scheme"),
+                                                              "clients": cfg.clients}}
+    if _canonical(made) != _canonical(wanted):
+        return "was made for other task or partition settings"
+    return None
+
+
+def _part_indices(data: dict, cfg: RunConfig, n: int) -> str | None:
+    """Indices in [0, n), each sample held by at most one client, no client empty, and every sample
+    held where the scheme promises it (``covers_all``, the built-in schemes do)."""
+    parts = data["indices"]
+    flat = [i for p in parts for i in p]
+    if any(i < 0 or i >= n for i in flat):
+        return f"holds sample indices outside [0, {n})"
+    if len(set(flat)) != len(flat):
+        return "gives some samples to more than one client (or twice to one)"
+    empty = [m for m, p in enumerate(parts) if not p]
+    if empty:
+        return f"gives client {empty[0]} no sample"
+    if len(flat) != n and getattr(SCHEMES.get(cfg.partition.name), "covers_all", True):
+        return f"leaves {n - len(flat)} of the {n} samples to no client"
+    return None
+
+
+PARTITION_RULES = (_part_form, _part_size, _part_origin, _part_indices)
+
+
+# bytes per parameter a run holds at least: theta, its gradient and two optimizer moments
+PARAM_COPIES = 4
+
+
+def check_model_fits(task: Task, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a model too large for ``device``'s free memory before building it: its parameter
+    count, taken from a build on the meta device (no memory), x PARAM_COPIES x the dtype's size."""
+    try:
+        with torch.device("meta"):
+            numel = sum(p.numel() for p in task.build_model().parameters())
+    except Exception:  # a model that cannot be built on the meta device: the real build decides
+        return
+    need, free = numel * PARAM_COPIES * dtype.itemsize, devices.free_bytes(device)
+    if free is not None and need > free:
+        raise ConfigError(f"task: the model has {numel:,} parameters, {need / 2**30:.1f} GiB in {dtype} "
+                          f"with gradients and optimizer state, more than the {free / 2**30:.1f} GiB free "
+                          f"on {device}; use a smaller model (task.hidden, task.model)")
 
 
 def pooled(batches: list[Batch]) -> Batch:
@@ -179,6 +262,7 @@ class Simulation:
     vectorized: bool = False  # local training path of every round (fipa/vectorized.py)
     path_reason: str = "sequential"
     threads: ThreadChoice | None = None  # torch CPU threads of the run (fipa/threads.py)
+    warmup: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None  # (theta [P], buffers) to start from
 
     @classmethod
     def build(cls, cfg: RunConfig, device: torch.device | None = None) -> Simulation:
@@ -199,6 +283,7 @@ class Simulation:
         method = CLIENT_METHODS.get(cfg.client.method)(client_cfg, keep_optimizer=agg.pools_clients)
         method.check_task(task)
         data = [{k: v.to(device) for k, v in task.client_data(p).items()} for p in parts]
+        check_model_fits(task, dtype, device)
         torch.manual_seed(derive_seed(cfg.seed, 0x1217))
         model = task.build_model().to(device)
         if buffers.has_buffers(model):
@@ -207,7 +292,23 @@ class Simulation:
         per_round = max(1, round(cfg.participation * len(data))) if len(data) > 1 else 1
         vec, why = choose_path(cfg.vectorize, method, task, model, layout.numel,
                                [num_samples(d) for d in data], per_round)
-        return cls(cfg, task, model, layout, data, agg, method, device, vec, why)
+        warm = None
+        if cfg.warmup_checkpoint:  # read (and checked) here: a bad file fails before any run directory
+            like = layout.flatten(dict(model.named_parameters())).detach()
+            warm = load_warmup(cfg.warmup_checkpoint, like, buffers.read(model), layout.architecture)
+        return cls(cfg, task, model, layout, data, agg, method, device, vec, why, warmup=warm)
+
+    def fresh_state(self, theta: torch.Tensor) -> RunState:
+        """The state of round 0 from ``theta`` [P]: what a checkpoint of this run must match."""
+        return RunState(0, theta, self.aggregator.init_state(theta), {},
+                        method_state=self.method.init_server_state(theta), buffers=buffers.read(self.model),
+                        model=self.layout.architecture)
+
+    def expected(self, fp: str) -> Expected:
+        """What this run's checkpoint must hold (fipa/checkpoint.py's rules)."""
+        theta = self.layout.flatten(dict(self.model.named_parameters())).detach()
+        return Expected(self.fresh_state(theta), self.cfg.rounds, fp, len(self.data),
+                        self.method.init_state(theta))
 
     def step_work(self) -> int:
         """Numbers one local step multiplies: the largest client minibatch x parameters."""
@@ -216,8 +317,8 @@ class Simulation:
 
     def initial_theta(self) -> torch.Tensor:
         theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
-        if self.cfg.warmup_checkpoint:
-            theta, warm_buffers = load_warmup(self.cfg.warmup_checkpoint, theta, buffers.read(self.model))
+        if self.warmup is not None:
+            theta, warm_buffers = self.warmup
             buffers.load(self.model, warm_buffers)
         return theta
 
@@ -494,13 +595,14 @@ class RunLoop:
                               "rerun with --supersede to keep it in superseded/ and start again, or use "
                               "another output directory")
         if self.ckpt.exists():
-            state = load_checkpoint(self.ckpt, self.fp, sim.device)
+            try:
+                state = load_checkpoint(self.ckpt, sim.expected(self.fp), sim.device)
+            except BaseException:
+                self.lock.release()
+                raise
             log(f"{label} resuming from round {state.round}")
         else:
-            theta = sim.initial_theta()
-            state = RunState(0, theta, sim.aggregator.init_state(theta), {},
-                             method_state=sim.method.init_server_state(theta),
-                             buffers=buffers.read(sim.model))
+            state = sim.fresh_state(sim.initial_theta())
         self.state = state
         buffers.load(sim.model, state.buffers)
         self.stats = stats = sim.aggregator.stats  # server-state scalars (adaptive damping), columns
