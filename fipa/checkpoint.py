@@ -149,6 +149,8 @@ def _theta(raw: dict[str, Any], exp: Expected) -> str | None:
         got = (f"{theta.dtype} {list(theta.shape)}" if isinstance(theta, torch.Tensor)
                else type(theta).__name__)
         return f"theta is {got}, the run's model needs {like.dtype} [{like.numel()}]"
+    if raw.get("diverged") is False and not bool(torch.isfinite(theta).all()):
+        return "theta holds NaN or inf, but the run is not marked diverged"
     return None
 
 
@@ -184,11 +186,34 @@ def _rows(raw: dict[str, Any], exp: Expected) -> str | None:
     return None
 
 
+ROW_KEYS = {"round", "train_loss", "test_loss", "uplink_bytes", "uplink_bytes_total", "diverged", "wall_s"}
+
+
+def _row_values(raw: dict[str, Any], exp: Expected) -> str | None:
+    """Every row a mapping of numbers; the first (round 0) holds at least ROW_KEYS, every later
+    evaluated row exactly its keys (a diverged row has no metrics, so a subset); the checkpoint's
+    uplink total is its last row's where that row is the checkpoint's round."""
+    rows = raw["rows"]
+    first = set(rows[0])
+    if not first >= ROW_KEYS:
+        return f"its first metrics row lacks {sorted(ROW_KEYS - first)}"
+    for r in rows:
+        keys_ok = set(r) <= first if r.get("diverged") else set(r) == first
+        if not keys_ok or not all(_is_number(v) for v in r.values()):
+            return f"its metrics row of round {r['round']} holds other keys than round 0's, or non-numbers"
+    last = rows[-1]
+    if last["round"] == raw["round"] and raw.get("uplink_total", 0) != last["uplink_bytes_total"]:
+        return (f"uplink_total {raw.get('uplink_total', 0)!r} disagrees with its last metrics row "
+                f"({last['uplink_bytes_total']})")
+    return None
+
+
 def _scalars(raw: dict[str, Any], exp: Expected) -> str | None:
-    """diverged a bool, uplink_total an integer >= 0, wall_s a number >= 0."""
+    """diverged a bool, uplink_total an integer >= 0, wall_s a number >= 0, model a string."""
     checks = {"diverged": lambda v: isinstance(v, bool),
               "uplink_total": lambda v: _is_int(v) and v >= 0,
-              "wall_s": lambda v: _is_number(v) and v >= 0}
+              "wall_s": lambda v: _is_number(v) and v >= 0,
+              "model": lambda v: isinstance(v, str)}
     for key, ok in checks.items():
         if key in raw and not ok(raw[key]):
             return f"{key} is {raw[key]!r}"
@@ -231,7 +256,7 @@ def _client_states(raw: dict[str, Any], exp: Expected) -> str | None:
 
 
 CHECKPOINT_RULES: tuple[Callable[[dict[str, Any], Expected], str | None], ...] = (
-    _keys, _theta, _model, _round, _rows, _scalars, _state_dicts, _client_states)
+    _keys, _scalars, _theta, _model, _round, _rows, _row_values, _state_dicts, _client_states)
 
 
 # ----------------------------------------------------------------------------- warm-up states
@@ -287,6 +312,8 @@ def _warm_theta(raw: Any, like: torch.Tensor, like_buffers, model: str) -> str |
     if theta.shape != like.shape:
         return (f"has {theta.numel()} parameters, the model {like.numel()}; the warm-up was made for "
                 "another model")
+    if theta.dtype != like.dtype:  # a cast would start the run from rounded parameters
+        return f"holds {theta.dtype} parameters, the run trains in {like.dtype}; rerun the warm-up in it"
     if not bool(torch.isfinite(theta).all()):
         return "holds non-finite parameters (NaN or inf); rerun the warm-up (it diverged)"
     return None

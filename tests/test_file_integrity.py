@@ -100,6 +100,11 @@ CHECKPOINT_CASES = [
     ("unknown_key", "base", _set("extra", 1), "another fipa version"),
     ("uplink_negative", "base", _set("uplink_total", -5), "uplink_total is -5"),
     ("other_architecture", "base", _set("model", "0123456789abcdef"), "another model architecture"),
+    ("nan_theta_not_diverged", "base", _set("theta", lambda r: r["theta"] * float("nan")),
+     "theta holds NaN or inf, but the run is not marked diverged"),
+    ("row_value_not_a_number", "base", lambda r: r["rows"][1].update(test_loss="0.1"), "or non-numbers"),
+    ("row_without_a_metric", "base", lambda r: r["rows"][1].pop("test_mse"), "other keys than round 0's"),
+    ("uplink_total_forged", "base", _set("uplink_total", 10**12), "disagrees with its last metrics row"),
 ]
 
 
@@ -198,6 +203,8 @@ WARMUP_CASES = [
     ("other_architecture_same_size", "warm_other_arch", lambda w: None, "another model architecture"),
     ("other_size", "warm_base", lambda w: w.update(theta=w["theta"][:-1]), "has 96 parameters, the model 97"),
     ("not_a_mapping", "warm_base", lambda w: w.clear(), "holds no parameter tensor"),
+    ("float32_in_a_float64_run", "warm_base", lambda w: w.update(theta=w["theta"].float()),
+     "holds torch.float32 parameters, the run trains in torch.float64"),
 ]
 
 
