@@ -210,10 +210,13 @@ def bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:
          ["tasks.regression_1d.aggregator_overrides.fipa2"]),
         (lambda c: c.update(seeds=[0, 0]), ["seeds", "non-unique"]),
         (lambda c: c["aggregators"].update({"my fipa": {"name": "fipa"}}), ["my fipa", "does not match"]),
+        (lambda c: c["aggregators"].update({".": {"name": "fedavg"}}), ["'.' does not match"]),
+        (lambda c: c["tasks"]["regression_1d"].update(aggregators=[]),
+         ["tasks.regression_1d.aggregators: an empty list gives this task no training job"]),
     ],
     ids=["unknown-aggregator", "negative-alpha", "top-level-typo", "option-typo", "negative-lr",
          "momentum-1.5", "unknown-target", "clients-gt-samples", "task-aggregator-ref", "task-method-ref",
-         "warmup-ref", "override-ref", "duplicate-seeds", "name-with-space"],
+         "warmup-ref", "override-ref", "duplicate-seeds", "name-with-space", "name-dot", "no-aggregator"],
 )
 def test_schema_rejects_bad_config_before_any_job(tmp_path, edit, needles):
     res = bad_config(tmp_path, edit)
