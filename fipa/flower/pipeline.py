@@ -161,3 +161,35 @@ def simulation_apps(job: str, out: str = "") -> tuple[ServerApp, ClientApp]:
         return client_reply(msg, job, int(context.node_config["partition-id"]))
 
     return server, client
+
+
+def simulate(job: str, out: str, cpus: int = 2) -> float:
+    """Run the job in Flower's simulation engine (Ray, one CPU per client actor, ``cpus`` in all);
+    returns the wall seconds of the whole simulation, Ray's start-up included."""
+    from flwr.simulation import run_simulation
+
+    load_job(job)  # a bad run config stops here, before Ray starts
+    server, client = simulation_apps(job, out)
+    backend = {"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": cpus}}
+    start = time.perf_counter()
+    run_simulation(server, client, num_supernodes=len(load_job(job).sim.data), backend_config=backend)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fipa.flower.pipeline RUN.yaml OUT``: the run config in Flower's simulation, its
+    server metrics, final theta and seconds per round written to OUT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("job", help="a run config (fipa train -c's file)")
+    parser.add_argument("out", help="folder for metrics.csv, theta.pt, seconds_per_round.txt")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use (one per client actor)")
+    args = parser.parse_args(argv)
+    wall = simulate(str(Path(args.job).resolve()), str(Path(args.out).resolve()), args.cpus)
+    print(f"flower simulation of {args.job}: {wall:.1f} s; outputs in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
