@@ -138,6 +138,9 @@ def serve(grid: Grid, job: str, out: str = "") -> None:
     rounds = flower_job.sim.cfg.rounds
     result = flower_job.strategy().start(grid, flower_job.initial_arrays(), num_rounds=rounds,
                                          evaluate_fn=flower_job.evaluate)
+    if not result.arrays:
+        raise RuntimeError(f"{job}: no round was aggregated (every client failed; their errors are logged "
+                           "above)")
     if out:
         flower_job.save(Path(out), flatten_record(result.arrays))
 
@@ -192,4 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the imported module's main: Ray pickles the apps' handlers by module name, and no worker
+    # can import this file's functions as `__main__`
+    from fipa.flower.pipeline import main as module_main
+
+    raise SystemExit(module_main())
