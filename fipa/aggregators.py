@@ -613,3 +613,8 @@ def fipa_direction(
     """
     system = FIPASystem(deltas, factors, weights, chunk=chunk)
     return system.direction(system.coefficients(rho), complement)
+
+
+# Flower's strategies as aggregators (fipa/flower/aggregator.py): announced here, imported on first
+# use, so that flwr (the optional extra `flower`) is needed only by configs that name it
+AGGREGATORS.register_lazy("flower", "fipa.flower.aggregator")

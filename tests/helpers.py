@@ -86,3 +86,19 @@ def parse_every_cell(config: dict[str, Any], tmp_path, source: str) -> list:
         if "warmup" in config["tasks"][task]:
             parse_run_config(grid.warmup_spec(config, task, partition, 0, str(part)))
     return cells
+
+
+def flwr_installed() -> bool:
+    """Whether Flower (the optional extra `flower`) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("flwr") is not None
+
+
+def available_aggregators() -> list[str]:
+    """Every registered aggregator whose optional dependency is installed: `flower` needs the extra
+    `pip install .[flower]`; without it the tests that run every aggregator leave it out
+    (tests/test_flower.py is skipped then, with its reason)."""
+    from fipa.aggregators import AGGREGATORS
+
+    return [n for n in AGGREGATORS.names() if n != "flower" or flwr_installed()]

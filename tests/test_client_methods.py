@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from fipa.aggregators import AGGREGATORS
 from fipa.clients import (
     CLIENT_METHODS,
     FedDynParams,
@@ -30,7 +29,7 @@ from fipa.params import ParamLayout, model_params
 from fipa.simulate import train
 from fipa.tasks.regression import Regression, RegressionParams
 from fipa.tasks.vision import Vision, VisionParams
-from tests.helpers import tiny
+from tests.helpers import available_aggregators, tiny
 
 DT = torch.float64
 
@@ -269,7 +268,7 @@ def test_fedrcl_objective_is_ce_plus_weighted_rcl():
 # ----------------------------------------------------------------------------- composition
 
 
-@pytest.mark.parametrize("aggregator", AGGREGATORS.names())
+@pytest.mark.parametrize("aggregator", available_aggregators())
 @pytest.mark.parametrize("name", ["fedprox", "scaffold", "feddyn", "fedsam"])
 def test_every_method_runs_under_every_aggregator(tmp_path, name, aggregator):
     cfg = tiny(client={"method": name, "optimizer": "sgd", "lr": 0.05, "local_steps": 2, "batch_size": 8},

@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fipa.aggregators import AGGREGATORS
 from fipa.batch import CellJob, run_cells
 from fipa.config import parse_run_config
 from fipa.simulate import RunLoop, Simulation, _lockstep_groups, train
-from tests.helpers import sigkill_after_round, tiny
+from tests.helpers import available_aggregators, sigkill_after_round, tiny
 
 RTOL = 1e-9
 AGG_PARAMS = {"fipa": {"rho": 1e-2, "rank": 4}, "fedadam": {"server_lr": 0.01}}
@@ -35,7 +34,7 @@ ADAPTIVE = {"name": "fipa", "rho": 1e-3, "rank": 4, "damping": "adaptive", "memo
 def grid(base: dict, seeds=(0, 1)) -> list[dict]:
     """Every aggregator (and FIPA's adaptive damping with curvature memory, whose server state
     grows over the rounds) x seeds of ``base``: the cells of one batch job."""
-    aggs = [{"name": a, **AGG_PARAMS.get(a, {})} for a in AGGREGATORS.names()] + [ADAPTIVE]
+    aggs = [{"name": a, **AGG_PARAMS.get(a, {})} for a in available_aggregators()] + [ADAPTIVE]
     return [{**base, "seed": s, "aggregator": agg} for agg in aggs for s in seeds]
 
 
@@ -62,7 +61,7 @@ def test_cells_stack_into_one_group_per_round(tmp_path):
              for i, c in enumerate(cfgs)]
     groups = _lockstep_groups(loops)
     sizes = sorted(len(g) for g in groups)
-    federated = 3 * len(AGGREGATORS.names())  # every aggregator but centralized, plus ADAPTIVE
+    federated = 3 * len(available_aggregators())  # every aggregator but centralized, plus ADAPTIVE
     assert sizes == [1, 1, 1, 1, federated]  # 3 centralized seeds and the SCAFFOLD cell alone
 
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from fipa.aggregators import AGGREGATORS
 from fipa.clients import CLIENT_METHODS, minibatches
 from fipa.config import ClientConfig, ConfigError, parse_run_config
 from fipa.curvature import CurvatureRequest, client_curvature
@@ -32,7 +31,7 @@ from fipa.vectorized import (
     round_curvature,
     stacked_model,
 )
-from tests.helpers import tiny
+from tests.helpers import available_aggregators, tiny
 
 RTOL = 1e-9
 # FIPA's damped solve amplifies rounding by up to 1/rho per round: with rho = 1e-3 the
@@ -153,7 +152,7 @@ def test_stacked_model_only_for_plain_mlps_and_direct_path_only_where_declared()
 # ----------------------------------------------------------------------------- equality
 
 
-@pytest.mark.parametrize("aggregator", AGGREGATORS.names())
+@pytest.mark.parametrize("aggregator", available_aggregators())
 @pytest.mark.parametrize("method", list(METHODS))
 def test_regression_every_method_and_aggregator_matches_sequential(tmp_path, method, aggregator):
     """Domain split with unequal sizes (3 to 5 clients), short last batches, Adam."""
@@ -164,7 +163,7 @@ def test_regression_every_method_and_aggregator_matches_sequential(tmp_path, met
     assert_same_run(cfg, tmp_path)
 
 
-@pytest.mark.parametrize("aggregator", AGGREGATORS.names())
+@pytest.mark.parametrize("aggregator", available_aggregators())
 @pytest.mark.parametrize("method", list(METHODS))
 def test_pinn_every_method_and_aggregator_matches_sequential(tmp_path, method, aggregator):
     """Full-batch PINN steps: clients of different sizes padded to the largest."""
