@@ -77,15 +77,15 @@ def build(args):
     import torch
 
     from fipa.params import ParamLayout, model_params
-    from fipa.tasks.vision import DATASETS, ImageData, Vision, VisionParams
+    from fipa.tasks.vision import DATASETS, ArrayData, Vision, VisionParams
 
     @DATASETS.register("random_cifar")
-    def random_images(root, split_seed, test_fraction):
+    def random_images(request):
         g = torch.Generator().manual_seed(0)
         n, s = max(args.epoch_samples, args.curv_samples, args.quality_samples), args.image_size
         x = torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
         y = torch.randint(0, 10, (n,), generator=g)
-        return ImageData(x, y, x[:8], y[:8], 10, 1 / 255, (0.5,) * 3, (0.25,) * 3, 4, True)
+        return ArrayData(x, y, x[:8], y[:8], 10, 1 / 255, (0.5,) * 3, (0.25,) * 3, 4, True)
 
     task = Vision(VisionParams(dataset="random_cifar", model="resnet18"), seed=0, dtype=torch.float32)
     device = torch.device(args.device)
@@ -238,7 +238,7 @@ def phase_server(args) -> dict:
     from fipa.aggregators import fipa_direction
     from fipa.tasks.vision import MODELS, VisionParams
 
-    P = sum(p.numel() for p in MODELS.get("resnet18")(3, 32, 10, VisionParams()).parameters())
+    P = sum(p.numel() for p in MODELS.get("resnet18")((3, 32, 32), 10, VisionParams()).parameters())
     device = torch.device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
     factors = [torch.empty(args.rank, P, device=device).normal_(generator=g) for _ in range(args.clients)]

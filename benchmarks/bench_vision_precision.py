@@ -48,7 +48,7 @@ def time_steps(setting: dict, args: argparse.Namespace, device: torch.device) ->
     params = VisionParams(model=args.model, **setting)
     task = task_like(params, args.channels, args.size, args.classes, device)
     torch.manual_seed(0)
-    model = MODELS.get(args.model)(args.channels, args.size, args.classes, params).to(device)
+    model = MODELS.get(args.model)((args.channels, args.size, args.size), args.classes, params).to(device)
     layout = ParamLayout.of(model)
     theta = layout.flatten(dict(model.named_parameters())).detach().clone()
     cfg = ClientConfig(optimizer="sgd", lr=0.01)

@@ -42,6 +42,16 @@ def _selected(task_cfg: dict[str, Any], key: str, all_names: list[str]) -> list[
     return list(all_names) if chosen is None else list(chosen)
 
 
+def task_seeds(config: dict[str, Any], task: str) -> list[int]:
+    """The seeds of ``task``'s cells: its own ``seeds`` list, else the top-level one."""
+    return [int(s) for s in config["tasks"][task].get("seeds", config["seeds"])]
+
+
+def all_seeds(config: dict[str, Any]) -> list[int]:
+    """Every seed some task runs (the partition jobs write one file per seed of this list)."""
+    return sorted({s for task in config["tasks"] for s in task_seeds(config, task)})
+
+
 def cells(config: dict[str, Any]) -> list[GridCell]:
     """Every job of the grid, in a stable order."""
     out = []
@@ -51,7 +61,7 @@ def cells(config: dict[str, Any]) -> list[GridCell]:
         for pname in t["partitions"]:
             for method in methods:
                 for agg in aggs:
-                    for seed in config["seeds"]:
+                    for seed in task_seeds(config, tname):
                         out.append(GridCell(tname, pname, method, agg, int(seed)))
     return out
 
@@ -126,6 +136,9 @@ def check(config: dict[str, Any]) -> None:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: {seeds} repeats a seed; list each seed once")
     for tname, t in config["tasks"].items():
+        own = t.get("seeds", seeds)
+        if len(set(own)) != len(own):
+            raise ConfigError(f"tasks.{tname}.seeds: {own} repeats a seed; list each seed once")
         for key, section in (("aggregators", "aggregators"), ("client_methods", "client_methods")):
             if t.get(key) == []:
                 raise ConfigError(f"tasks.{tname}.{key}: an empty list gives this task no training job; "

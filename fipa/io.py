@@ -1,15 +1,21 @@
-"""Atomic file writes: a reader never sees half a file, a killed writer leaves the old one."""
+"""Atomic file writes: a reader never sees half a file, a killed writer leaves the old one.
+
+Also the cache of computed inputs (reference solutions, generated data sets) built on them.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import yaml
 
 TEMP_SUFFIX = ".partial"  # temp files of atomic_write: .<name>.<random>.partial
@@ -152,3 +158,26 @@ class RunDirLock:
             self._held[self.directory] = (fh, n - 1)
             return
         fh.close()  # closing the descriptor drops the flock
+
+
+def cached_arrays(directory: str | os.PathLike, name: str, key: dict,
+                  compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``compute()`` (named arrays) once per distinct ``key``; later calls read
+    ``directory/name-<hash>.npz``, the hash a fingerprint of every number in ``key``.
+
+    The file also stores the key itself, so a hash collision or hand-edited file is
+    detected and the value recomputed instead of trusted; an unreadable entry is recomputed
+    and overwritten (atomically, so parallel jobs never read half a file).
+    """
+    blob = json.dumps(key, sort_keys=True, default=float)
+    path = Path(directory) / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                if str(f["key"]) == blob:
+                    return {k: f[k] for k in f.files if k != "key"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # unreadable cache entry: recompute and overwrite it
+    value = compute()
+    atomic_write(path, lambda fh: np.savez(fh, key=np.array(blob), **value), mode="wb")
+    return value

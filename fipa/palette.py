@@ -28,6 +28,7 @@ class Style:
 
 STYLES: dict[str, Style] = {
     "fedavg": Style("#0072b2", "o"),          # blue: the reference every claim compares with
+    "fedavg_tuned": Style("#0072b2", "o", "--"),  # FedAvg's blue, dashed: averaging at its best
     "fedavgm": Style("#56b4e9", "v"),         # sky blue
     "fedadam": Style("#009e73", "^"),         # green
     "fedyogi": Style("#999933", "<"),         # olive (not red: reds are FIPA's)
@@ -64,7 +65,7 @@ def color(aggregator: str) -> str:
 def order(names) -> list[str]:
     """FedAvg first, other baselines, FIPA variants, the centralized reference last."""
     def rank(name: str) -> tuple[int, str]:
-        return (0 if name == "fedavg" else 3 if name == "centralized" else 2 if name.startswith("fipa")
-                else 1, name)
+        return (0 if name.startswith("fedavg_") or name == "fedavg" else 3 if name == "centralized"
+                else 2 if name.startswith("fipa") else 1, name)
 
     return sorted(dict.fromkeys(names), key=rank)

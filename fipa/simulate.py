@@ -270,7 +270,7 @@ class Simulation:
         dtype = getattr(torch, cfg.dtype)
         device = device or torch.device("cpu")
         task = build_task(cfg.task.name, cfg.task.params, cfg.seed, dtype)
-        agg = AGGREGATORS.get(cfg.aggregator.name)(cfg.aggregator.params)
+        agg = AGGREGATORS.get(cfg.aggregator.name).for_task(cfg.aggregator.params, task.loss_kind)
         pin = task.partition_input()
         if cfg.partition_file:
             parts = load_partition(cfg.partition_file, cfg, pin.n)

@@ -115,7 +115,7 @@ def schema_bounds(node: Any, path: str = "") -> dict[str, dict[str, float]]:
 def fields_for(location: str) -> list[tuple[type, str]]:
     """The (class, field) pairs a schema location maps to (every registered entry that has the key)."""
     *where, name = location.removesuffix("[]").split(".")
-    if location == "seeds[]":
+    if location in ("seeds[]", "tasks.*.seeds[]"):  # every seed is a run config's seed
         return [(RunConfig, "seed")]
     registry = {("aggregators", "*"): aggregators.AGGREGATORS,
                 ("tasks", "*", "partitions", "*"): partition.SCHEMES}.get(tuple(where))

@@ -54,24 +54,24 @@ def test_digits_data_split_and_normalization():
 def test_model_sizes():
     p = VisionParams()
     # digits_cnn on 1x8x8: conv 1*16*9+16, conv 16*32*9+32, fc 128*64+64, fc 64*10+10
-    assert ParamLayout.of(MODELS.get("digits_cnn")(1, 8, 10, p)).numel == 160 + 4640 + 8256 + 650
+    assert ParamLayout.of(MODELS.get("digits_cnn")((1, 8, 8), 10, p)).numel == 160 + 4640 + 8256 + 650
     # cnn2 on 3x32x32: 3*32*25+32, 32*64*25+64, 4096*512+512, 512*10+10
-    assert ParamLayout.of(MODELS.get("cnn2")(3, 32, 10, p)).numel == 2432 + 51264 + 2097664 + 5130
+    assert ParamLayout.of(MODELS.get("cnn2")((3, 32, 32), 10, p)).numel == 2432 + 51264 + 2097664 + 5130
     # CIFAR ResNet-18 = torchvision's with a 3x3 (not 7x7) stem; GroupNorm has BatchNorm's 2C
     from torchvision.models import resnet18
 
     tv = sum(q.numel() for q in resnet18(num_classes=10).parameters())
-    ours = MODELS.get("resnet18")(3, 32, 10, p)
+    ours = MODELS.get("resnet18")((3, 32, 32), 10, p)
     assert ParamLayout.of(ours).numel == tv - 64 * 3 * 7 * 7 + 64 * 3 * 3 * 3 == 11_173_962
     assert not list(ours.buffers())
-    bn = MODELS.get("resnet18")(3, 32, 10, VisionParams(norm="batch"))
+    bn = MODELS.get("resnet18")((3, 32, 32), 10, VisionParams(norm="batch"))
     # running statistics: 2 per channel of each of the 20 BatchNorms (stem 64 + 8 blocks x 2 + 3
     # shortcuts), beside the same flat vector as GroupNorm
     assert ParamLayout.of(bn).numel == ParamLayout.of(ours).numel
     assert sum(b.numel() for n, b in bn.named_buffers() if "running" in n) == 2 * (
         64 + 2 * (2 * 64 + 2 * 128 + 2 * 256 + 2 * 512) + 128 + 256 + 512)
     x = torch.randn(2, 3, 32, 32)
-    for m in (ours, bn, MODELS.get("cnn2")(3, 32, 100, p)):
+    for m in (ours, bn, MODELS.get("cnn2")((3, 32, 32), 100, p)):
         feats, logits = m(x, features=True)
         assert feats.shape[0] == logits.shape[0] == 2
         torch.testing.assert_close(m(x), logits)
@@ -92,7 +92,7 @@ def test_resnet18_width_scales_every_stage():
 
     assert count(64) == 11_173_962  # the torchvision-derived count of test_model_sizes
     for w in (4, 8):
-        model = MODELS.get("resnet18")(3, 32, 10, VisionParams(width=w))
+        model = MODELS.get("resnet18")((3, 32, 32), 10, VisionParams(width=w))
         assert ParamLayout.of(model).numel == count(w)
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ConfigError, match=r"task\.width: must be >= 1"):
@@ -104,14 +104,14 @@ def test_cifar_reader_matches_torchvision_on_its_format(tmp_path, monkeypatch):
     release's MD5): same images, labels and classes as torchvision parses from the same files."""
     import torchvision.datasets.cifar as tv
 
-    from fipa.tasks.vision.data import load_cifar10, load_cifar100
+    from fipa.tasks.vision.data import DataRequest, load_cifar10, load_cifar100
     from tests.fake_datasets import write_cifar10, write_cifar100
 
     write_cifar10(tmp_path, n_train=50, n_test=20)
     write_cifar100(tmp_path, n_train=120, n_test=30)
     monkeypatch.setattr(tv, "check_integrity", lambda *a, **k: True)  # accept the stand-in files
     for load, cls in ((load_cifar10, tv.CIFAR10), (load_cifar100, tv.CIFAR100)):
-        ours = load(str(tmp_path), 0, 0.2)
+        ours = load(DataRequest(str(tmp_path), str(tmp_path), 0, 0.2, None))
         for x, y, is_train in ((ours.x_train, ours.y_train, True), (ours.x_test, ours.y_test, False)):
             ref = cls(str(tmp_path), train=is_train)
             assert torch.equal(x, torch.as_tensor(ref.data).permute(0, 3, 1, 2))  # [n, H, W, C] -> CHW
@@ -120,7 +120,7 @@ def test_cifar_reader_matches_torchvision_on_its_format(tmp_path, monkeypatch):
 
 
 def test_missing_and_corrupt_cifar_say_what_to_do(tmp_path):
-    from fipa.tasks.vision.data import load_cifar10
+    from fipa.tasks.vision.data import DataRequest, load_cifar10
     from tests.fake_datasets import write_cifar10
 
     folder = write_cifar10(tmp_path, n_train=50, n_test=20)
@@ -128,7 +128,7 @@ def test_missing_and_corrupt_cifar_say_what_to_do(tmp_path):
     assert Vision.missing_data(VisionParams()) is None  # digits ship with scikit-learn
     (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
     with pytest.raises(ConfigError, match=r"cifar10 under .* is corrupt .*`fipa download cifar10"):
-        load_cifar10(str(tmp_path), 0, 0.2)
+        load_cifar10(DataRequest(str(tmp_path), str(tmp_path), 0, 0.2, None))
     (folder / "test_batch").unlink()
     why = Vision.missing_data(VisionParams(dataset="cifar10", root=str(tmp_path)))
     assert why == (f"cifar10 not found under {tmp_path} (no {folder / 'test_batch'}); download it with "
@@ -325,8 +325,8 @@ def test_digits_load_without_importing_scikit_learn():
     import subprocess
     import sys
 
-    code = ("import sys; from fipa.tasks.vision import load_digits_data; "
-            "d = load_digits_data('data', 0, 0.2); "
+    code = ("import sys; from fipa.tasks.vision import DataRequest, load_digits_data; "
+            "d = load_digits_data(DataRequest('data', 'results/data', 0, 0.2, None)); "
             "print(len(d.y_train) + len(d.y_test), 'sklearn' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

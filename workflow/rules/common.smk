@@ -41,7 +41,7 @@ def with_plugins(spec):
 
 def partition_spec(w):
     """Task and partition of a partition job; `fipa partition --seeds` sets each seed."""
-    return with_plugins(grid.partition_spec(config, w.task, w.partition, int(config["seeds"][0])))
+    return with_plugins(grid.partition_spec(config, w.task, w.partition, grid.task_seeds(config, w.task)[0]))
 
 
 def partition_pattern(w):

@@ -2,12 +2,14 @@ rule partition:
     # partitions and warm-ups first: every training job waits for them
     priority: 2
     output:
-        expand(PART_FILE, seed=config["seeds"], allow_missing=True),
+        # every seed of any task: an output list cannot depend on the task wildcard, and a
+        # partition file costs milliseconds
+        expand(PART_FILE, seed=grid.all_seeds(config), allow_missing=True),
     log:
         "results/logs/partition/{task}/{partition}.log",
     params:
         spec=lambda w: spec_text(partition_spec(w)),
-        seeds=" ".join(str(s) for s in config["seeds"]),
+        seeds=" ".join(str(s) for s in grid.all_seeds(config)),
         pattern=partition_pattern,
     conda:
         CONDA_ENV

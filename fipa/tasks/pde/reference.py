@@ -6,10 +6,7 @@ number that determines them, written atomically so that parallel jobs never read
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from numpy.polynomial.hermite import hermgauss
 from scipy import sparse
 from scipy.integrate import solve_ivp
 
-from fipa.io import atomic_write
+from fipa.io import cached_arrays
 
 # ----------------------------------------------------------------------------- Burgers
 
@@ -108,20 +105,6 @@ def allen_cahn_reference(
 
 
 def cached(directory: str | Path, name: str, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """``compute()`` once per distinct ``key``; later calls read ``directory/name-<hash>.npz``.
-
-    The file also stores the key itself, so a hash collision or hand-edited file is
-    detected and the value recomputed instead of trusted.
-    """
-    blob = json.dumps(key, sort_keys=True, default=float)
-    path = Path(directory) / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                if str(f["key"]) == blob:
-                    return f["value"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # unreadable cache entry: recompute and overwrite it
-    value = compute()
-    atomic_write(path, lambda fh: np.savez(fh, key=np.array(blob), value=value), mode="wb")
-    return value
+    """``compute()`` once per distinct ``key``; later calls read ``directory/name-<hash>.npz``
+    (:func:`fipa.io.cached_arrays`, one array stored as ``value``)."""
+    return cached_arrays(directory, name, key, lambda: {"value": compute()})["value"]

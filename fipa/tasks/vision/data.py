@@ -1,16 +1,28 @@
-"""Image data sets held in memory: the DATASETS registry and its loaders (digits, CIFAR, Tiny-ImageNet).
+"""Labelled arrays held in memory: the DATASETS registry and its loaders (digits, MNIST-1D, CIFAR,
+Tiny-ImageNet).
 
-Images are kept as raw uint8 tensors [n, C, H, W] (CIFAR-10 is 150 MB this way instead of
-600 MB in float32); the task normalizes them on the device.
+Inputs are kept raw, [n, C, *spatial]: images as uint8 [n, C, H, W] (CIFAR-10 is 150 MB this way
+instead of 600 MB in float32), 1-D signals as float32 [n, C, L]; the task normalizes them on the
+device.
+
+A data set is one loader function registered with what the pipeline reads of it:
+``@DATASETS.register(name, params=Options, train_size=..., spatial_dims=..., missing=...)``.
+``params`` is the data set's own options dataclass (``task.data`` in a config, checked against it),
+``train_size`` the training pool for the time-left estimate's cost prior, ``spatial_dims`` the
+axes after the channel (2 for images, 1 for signals; a model declares the same), ``missing(root)``
+what is absent on disk. The loader receives one :class:`DataRequest`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,23 +32,50 @@ from fipa.registry import Registry
 
 
 @dataclass(frozen=True)
-class ImageData:
-    """A labelled image data set held in memory (raw values, normalized later)."""
+class ArrayData:
+    """A labelled data set held in memory (raw values, normalized later by the task)."""
 
-    x_train: torch.Tensor  # [n, C, H, W] uint8
+    x_train: torch.Tensor  # [n, C, *spatial]: uint8 images [n, C, H, W] or float32 signals [n, C, L]
     y_train: torch.Tensor  # [n] int64
-    x_test: torch.Tensor  # [n_test, C, H, W] uint8
+    x_test: torch.Tensor  # [n_test, C, *spatial]
     y_test: torch.Tensor  # [n_test] int64
     num_classes: int
-    scale: float  # raw value * scale lies in [0, 1]
+    scale: float  # raw value * scale: images in [0, 1]; 1 for data stored as floats
     mean: tuple[float, ...]  # per channel, after scaling
     std: tuple[float, ...]
-    crop_pad: int  # augmentation: random crop after zero padding by this many pixels
-    flip: bool  # augmentation: random horizontal flips (never for digits)
+    crop_pad: int = 0  # augmentation of 2-D images: random crop after zero padding by this many pixels
+    flip: bool = False  # augmentation of 2-D images: random horizontal flips (never for digits)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, *spatial) of one sample."""
+        return tuple(self.x_train.shape[1:])
 
 
-Loader = Callable[[str, int, float], ImageData]  # (root, split_seed, test_fraction)
-DATASETS: Registry[Loader] = Registry("vision data set")
+@dataclass(frozen=True)
+class DataRequest:
+    """What a loader is asked for: where data and caches live, digits' split, its own options."""
+
+    root: str  # folder of downloaded data sets
+    cache: str  # folder of generated data sets (under results/)
+    split_seed: int  # seed of a held-out split the data set does not ship
+    test_fraction: float  # its size
+    options: Any  # the data set's own options: an instance of its ``Params``
+
+
+@dataclass
+class NoOptions:
+    """A data set without options of its own."""
+
+
+def nothing_missing(root: str) -> str | None:
+    """Data generated or shipped with a package: nothing to download."""
+    return None
+
+
+Loader = Callable[[DataRequest], ArrayData]
+DATASETS: Registry[Loader] = Registry("vision data set", declares={
+    "Params": NoOptions, "train_size": 10000, "spatial_dims": 2, "missing": nothing_missing})
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -58,17 +97,18 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
 
-@DATASETS.register("digits")
-def load_digits_data(root: str, split_seed: int, test_fraction: float) -> ImageData:
-    """scikit-learn's 8x8 digits (1797 images, values 0..16, shipped with the package)."""
+@DATASETS.register("digits", train_size=1438)
+def load_digits_data(req: DataRequest) -> ArrayData:
+    """scikit-learn's 8x8 digits (1797 images, values 0..16, shipped with the package), a held-out
+    share ``test_fraction`` drawn with ``split_seed``."""
     images, target = _sklearn_digits()
     x = torch.as_tensor(images, dtype=torch.uint8)[:, None]  # [1797, 1, 8, 8]
     y = torch.as_tensor(target, dtype=torch.int64)
-    perm = torch.as_tensor(np.random.default_rng([split_seed, 0xD161]).permutation(len(y)))
-    n_test = round(test_fraction * len(y))
+    perm = torch.as_tensor(np.random.default_rng([req.split_seed, 0xD161]).permutation(len(y)))
+    n_test = round(req.test_fraction * len(y))
     test, train = perm[:n_test], perm[n_test:]
     scaled = x[train].double() / 16
-    return ImageData(x[train], y[train], x[test], y[test], 10, 1 / 16,
+    return ArrayData(x[train], y[train], x[test], y[test], 10, 1 / 16,
                      (float(scaled.mean()),), (float(scaled.std()),), crop_pad=1, flip=False)
 
 
@@ -115,7 +155,7 @@ def _cifar_split(folder: Path, files: tuple[str, ...], labels_key: str) -> tuple
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def _cifar(name: str, root: str) -> ImageData:
+def _cifar(name: str, root: str) -> ArrayData:
     """CIFAR-10/100 read from torchvision's folder under ``root``.
 
     Read directly rather than through torchvision's dataset classes: those verify each file
@@ -123,7 +163,7 @@ def _cifar(name: str, root: str) -> ImageData:
     other data in the same format (a subset, a test fixture); a damaged file still fails here,
     with the command that fetches it again.
     """
-    if why := missing(name, root):
+    if why := cifar_missing(name, root):
         raise ConfigError(f"task.root: {why}")
     layout = CIFAR_LAYOUTS[name]
     folder = Path(root) / layout.folder
@@ -135,35 +175,57 @@ def _cifar(name: str, root: str) -> ImageData:
         raise ConfigError(f"task.root: {name} under {folder} is corrupt ({type(e).__name__}: {e}); delete "
                           f"it and download it again with `fipa download {name} --root {root}`") from None
     mean, std = _CIFAR_STATS[name]
-    return ImageData(xtr, ytr, xte, yte, len(classes), 1 / 255, mean, std, crop_pad=4, flip=True)
+    return ArrayData(xtr, ytr, xte, yte, len(classes), 1 / 255, mean, std, crop_pad=4, flip=True)
 
 
-@DATASETS.register("cifar10")
-def load_cifar10(root: str, split_seed: int, test_fraction: float) -> ImageData:
+def cifar_missing(name: str, root: str) -> str | None:
+    """The first CIFAR file absent under ``root`` and the command that fetches it, or None."""
+    layout = CIFAR_LAYOUTS[name]
+    folder = Path(root) / layout.folder
+    absent = [f for f in (*layout.train, *layout.test, layout.meta) if not (folder / f).is_file()]
+    if absent:
+        return (f"{name} not found under {root} (no {folder / absent[0]}); download it with "
+                f"`fipa download {name} --root {root}`")
+    return None
+
+
+@DATASETS.register("cifar10", train_size=50000, missing=functools.partial(cifar_missing, "cifar10"))
+def load_cifar10(req: DataRequest) -> ArrayData:
     """CIFAR-10 (50,000 + 10,000 images 3x32x32, 10 classes) from torchvision's folder under root."""
-    return _cifar("cifar10", root)
+    return _cifar("cifar10", req.root)
 
 
-@DATASETS.register("cifar100")
-def load_cifar100(root: str, split_seed: int, test_fraction: float) -> ImageData:
+@DATASETS.register("cifar100", train_size=50000, missing=functools.partial(cifar_missing, "cifar100"))
+def load_cifar100(req: DataRequest) -> ArrayData:
     """CIFAR-100 (50,000 + 10,000 images 3x32x32, 100 classes) from torchvision's folder under root."""
-    return _cifar("cifar100", root)
+    return _cifar("cifar100", req.root)
 
 
 TINY_DIR = "tiny_imagenet"  # under ``root``: train/<wnid>/*, val/<wnid>/* and tensor caches
 
 
-@DATASETS.register("tiny_imagenet")
-def load_tiny_imagenet(root: str, split_seed: int, test_fraction: float) -> ImageData:
+def tiny_imagenet_missing(root: str) -> str | None:
+    """What of the prepared Tiny-ImageNet tree is absent under ``root`` and how to make it, or None."""
+    base = Path(root) / TINY_DIR
+    if not (base / "train").is_dir() or not (base / "val").is_dir():
+        return (f"no prepared Tiny-ImageNet under {base}; get tiny-imagenet-200 and run "
+                f"`fipa prepare tiny-imagenet PATH --root {root}` (or `fipa download tiny_imagenet "
+                f"--root {root}`)")
+    return None
+
+
+@DATASETS.register("tiny_imagenet", train_size=100000, missing=tiny_imagenet_missing)
+def load_tiny_imagenet(req: DataRequest) -> ArrayData:
     """Tiny-ImageNet (200 classes, 64x64) from the ImageFolder tree ``fipa prepare`` writes.
 
     The decoded images are cached as uint8 tensors next to the tree on first use.
     """
-    if why := missing("tiny_imagenet", root):
+    root = req.root
+    if why := tiny_imagenet_missing(root):
         raise ConfigError(f"task.root: {why}")
     base = Path(root) / TINY_DIR
     (xtr, ytr, classes), (xte, yte, _) = image_folder(base / "train"), image_folder(base / "val")
-    return ImageData(xtr, ytr, xte, yte, len(classes), 1 / 255, (0.4802, 0.4481, 0.3975),
+    return ArrayData(xtr, ytr, xte, yte, len(classes), 1 / 255, (0.4802, 0.4481, 0.3975),
                      (0.2770, 0.2691, 0.2821), crop_pad=8, flip=True)
 
 
@@ -187,25 +249,18 @@ def image_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 def missing(name: str, root: str) -> str | None:
     """What data set ``name`` lacks under ``root`` and the command that fetches it, or None when
-    its files are there (digits: always). Looks at paths only, so the workflow can ask before
-    any job; a loader asks first too, so both report the same thing."""
-    if name in CIFAR_LAYOUTS:
-        layout = CIFAR_LAYOUTS[name]
-        folder = Path(root) / layout.folder
-        absent = [f for f in (*layout.train, *layout.test, layout.meta) if not (folder / f).is_file()]
-        if absent:
-            return (f"{name} not found under {root} (no {folder / absent[0]}); download it with "
-                    f"`fipa download {name} --root {root}`")
-    if name == "tiny_imagenet":
-        base = Path(root) / TINY_DIR
-        if not (base / "train").is_dir() or not (base / "val").is_dir():
-            return (f"no prepared Tiny-ImageNet under {base}; get tiny-imagenet-200 and run "
-                    f"`fipa prepare tiny-imagenet PATH --root {root}` (or `fipa download tiny_imagenet "
-                    f"--root {root}`)")
-    return None
+    its files are there (digits, MNIST-1D: always). Looks at paths only, so the workflow can ask
+    before any job; a loader asks first too, so both report the same thing."""
+    return DATASETS.get(name, key="task.dataset").missing(root)
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, root: str, split_seed: int, test_fraction: float) -> ImageData:
+def _load(name: str, root: str, cache: str, split_seed: int, test_fraction: float, options: str) -> ArrayData:
+    entry = DATASETS.get(name, key="task.dataset")
+    return entry(DataRequest(root, cache, split_seed, test_fraction, entry.Params(**json.loads(options))))
+
+
+def load_dataset(name: str, req: DataRequest) -> ArrayData:
     """The data set, loaded once per process (tests and sweeps build many tasks)."""
-    return DATASETS.get(name, key="task.dataset")(root, split_seed, test_fraction)
+    options = json.dumps(dataclasses.asdict(req.options), sort_keys=True)
+    return _load(name, req.root, req.cache, req.split_seed, req.test_fraction, options)
