@@ -142,6 +142,36 @@ def test_fipa_train_runs_a_plugin_task_and_aggregator(tmp_path):
     pd.testing.assert_frame_equal(toy, avg, check_exact=True)
 
 
+def test_vision_data_set_and_model_from_a_plugin(tmp_path, isolated_registries):
+    """examples/plugins/waves.py adds a data set with options of its own and a 1-D model to the
+    vision family; `fipa list` shows both, a run learns the frequencies (chance: 1/4), and the
+    data set's and model's declared priors price the run for the time-left estimate."""
+    plugin = str(ROOT / "examples" / "plugins" / "waves.py")
+    listed = fipa("list", "--plugins", plugin, cwd=tmp_path)
+    assert listed.returncode == 0 and "waves" in listed.stdout and "wave_cnn" in listed.stdout
+    run = {"plugins": [plugin], "task": {"name": "vision", "dataset": "waves", "model": "wave_cnn",
+                                         "data": {"n": 400, "noise": 0.2}},
+           "partition": {"scheme": "iid", "clients": 4},
+           "client": {"method": "local", "optimizer": "adam", "lr": 0.02, "local_epochs": 2, "batch_size": 32},
+           "aggregator": {"name": "fedavg"}, "rounds": 15, "eval_every": 15, "dtype": "float32", "seed": 0}
+    (tmp_path / "waves.yaml").write_text(yaml.safe_dump(run))
+    res = fipa("train", "-c", "waves.yaml", "-o", "runs/waves", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert pd.read_csv(tmp_path / "runs" / "waves" / "metrics.csv")["test_acc"].iloc[-1] > 0.8
+    bad = {**run, "task": {**run["task"], "data": {"n": 5}}}  # the plugin's own bound
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    res = fipa("train", "-c", "bad.yaml", "-o", "runs/bad", cwd=tmp_path)
+    assert res.returncode == 2 and "task.data.n: must be >= 10, got 5" in res.stderr, res.stderr
+
+    from fipa import plugins
+    from fipa.tasks.vision import Vision, VisionParams
+
+    plugins.load([plugin])
+    params = VisionParams(dataset="waves", model="wave_cnn")
+    assert Vision.work_samples(params) == 320
+    assert Vision.sample_seconds(params) == pytest.approx(0.2 * Vision.sample_step_seconds)
+
+
 def test_unimportable_plugin_is_one_line_naming_the_key_and_module(tmp_path):
     run = toy_run("fedavg", ["fipa.aggregators", "no_such_fipa_plugin"])  # the first one imports
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
@@ -215,8 +245,9 @@ def isolated_registries(monkeypatch):
     from fipa.clients import CLIENT_METHODS
     from fipa.partition import SCHEMES
     from fipa.tasks import TASKS
+    from fipa.tasks.vision import DATASETS, MODELS
 
-    for reg in (AGGREGATORS, CLIENT_METHODS, SCHEMES, TASKS):
+    for reg in (AGGREGATORS, CLIENT_METHODS, SCHEMES, TASKS, DATASETS, MODELS):
         monkeypatch.setattr(reg, "_entries", dict(reg._entries))
         monkeypatch.setattr(reg, "_lazy", dict(reg._lazy))
     monkeypatch.setattr(sys, "path", list(sys.path))
