@@ -29,14 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = {
     "digits": {
         "task": {"name": "vision", "dataset": "digits", "model": "digits_cnn"},
-        "client": {"method": "local", "optimizer": "sgd", "lr": 0.05, "local_epochs": 1, "batch_size": 32},
-        "warmup_client": {"method": "local", "optimizer": "sgd", "lr": 0.1, "local_epochs": 2, "batch_size": 32},
+        "client": {"method": "local", "optimizer": "sgd", "lr": 0.05, "local_epochs": 1,
+                   "batch_size": 32},
+        "warmup_client": {"method": "local", "optimizer": "sgd", "lr": 0.1, "local_epochs": 2,
+                          "batch_size": 32},
         "warmup_rounds": 100, "rounds": 10, "clients": 20, "participation": 0.25,
     },
     "mnist1d": {
         "task": {"name": "vision", "dataset": "mnist1d", "model": "mnist1d_cnn"},
-        "client": {"method": "local", "optimizer": "sgd", "lr": 0.05, "local_epochs": 1, "batch_size": 32},
-        "warmup_client": {"method": "local", "optimizer": "sgd", "lr": 0.1, "local_epochs": 2, "batch_size": 64},
+        "client": {"method": "local", "optimizer": "sgd", "lr": 0.05, "local_epochs": 1,
+                   "batch_size": 32},
+        "warmup_client": {"method": "local", "optimizer": "sgd", "lr": 0.1, "local_epochs": 2,
+                          "batch_size": 64},
         "warmup_rounds": 300, "rounds": 15, "clients": 20, "participation": 0.25,
     },
 }
@@ -121,7 +125,8 @@ def main() -> None:
 def report(out: Path, alpha: str, seeds: list[int], names: list[str]) -> None:
     warm = [final_acc(out / f"warm_a{alpha}_s{s}") for s in seeds]
     acc = {n: np.array([final_acc(out / f"ref_a{alpha}_s{s}_{n}") for s in seeds]) for n in names}
-    print(f"\n{out.name} alpha {alpha}, seeds {seeds}: warm-up {np.mean(warm):.4f} ({' '.join(f'{w:.3f}' for w in warm)})")
+    warm_text = " ".join(f"{w:.3f}" for w in warm)
+    print(f"\n{out.name} alpha {alpha}, seeds {seeds}: warm-up {np.mean(warm):.4f} ({warm_text})")
     base = acc[names[0]]
     for n in names:
         a = acc[n]

@@ -152,7 +152,8 @@ def test_vision_data_set_and_model_from_a_plugin(tmp_path, isolated_registries):
     run = {"plugins": [plugin], "task": {"name": "vision", "dataset": "waves", "model": "wave_cnn",
                                          "data": {"n": 400, "noise": 0.2}},
            "partition": {"scheme": "iid", "clients": 4},
-           "client": {"method": "local", "optimizer": "adam", "lr": 0.02, "local_epochs": 2, "batch_size": 32},
+           "client": {"method": "local", "optimizer": "adam", "lr": 0.02, "local_epochs": 2,
+                      "batch_size": 32},
            "aggregator": {"name": "fedavg"}, "rounds": 15, "eval_every": 15, "dtype": "float32", "seed": 0}
     (tmp_path / "waves.yaml").write_text(yaml.safe_dump(run))
     res = fipa("train", "-c", "waves.yaml", "-o", "runs/waves", cwd=tmp_path)

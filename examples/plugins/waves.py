@@ -50,5 +50,6 @@ def load_waves(req: DataRequest) -> ArrayData:
 def wave_cnn(input_shape: tuple[int, ...], classes: int, p) -> nn.Module:
     """conv1d(8, k5) relu, global average pool, fc K."""
     channels, _ = input_shape
-    body = nn.Sequential(nn.Conv1d(channels, 8, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten())
+    body = nn.Sequential(nn.Conv1d(channels, 8, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                         nn.Flatten())
     return Classifier(body, nn.Linear(8, classes))
