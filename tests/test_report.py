@@ -118,6 +118,39 @@ def test_claims_are_computed_against_a_hand_oracle():
     assert len(claims) == len(report.CLAIMS)
 
 
+def test_vision_claims_per_task_and_against_tuned_averaging():
+    """Two vision tasks: the pooled row (geometric mean over both tasks' log-ratios per seed), one
+    row per task, and the same against fedavg_tuned; an inconclusive row names the seeds an effect
+    of its size would need (oracle: the smallest n with t_{n-1} sd / sqrt(n) < |mean|)."""
+    rows = []
+    acc = {"fedavg": [0.50, 0.60, 0.55, 0.52, 0.58], "fedavg_tuned": [0.56, 0.63, 0.60, 0.54, 0.64],
+           "fipa": [0.60, 0.62, 0.63, 0.55, 0.62]}
+    for task, shift in (("digits", 0.3), ("mnist1d", 0.0)):
+        for agg, values in acc.items():
+            rows += [row(task, agg, s, v + shift, "vision", "test_acc") for s, v in enumerate(values)]
+    claims = report.claims_table(pd.DataFrame(rows))
+    texts = claims["claim"].tolist()
+    i, j = texts.index(report.CLAIMS[2].text), texts.index(report.CLAIMS[3].text)
+    assert texts[i + 1: i + 3] == ["... on digits", "... on mnist1d"] == texts[j + 1: j + 3]
+
+    def log_ratios(task_shift, base):
+        return np.log((1 - np.array(acc["fipa"]) - task_shift) / (1 - np.array(acc[base]) - task_shift))
+
+    pooled = (log_ratios(0.3, "fedavg") + log_ratios(0.0, "fedavg")) / 2
+    assert claims.iloc[i]["ratio"] == pytest.approx(math.exp(pooled.mean()))
+    assert claims.iloc[i + 2]["ratio"] == pytest.approx(math.exp(log_ratios(0.0, "fedavg").mean()))
+    tuned = log_ratios(0.0, "fedavg_tuned")
+    assert claims.iloc[j + 2]["ratio"] == pytest.approx(math.exp(tuned.mean()))
+    assert "fedavg_tuned" in claims.iloc[j + 2]["estimate"]
+    iv = report.t_interval(tuned)
+    need = next(n for n in range(2, 1000)
+                if stats.t.ppf(0.975, n - 1) * tuned.std(ddof=1) / math.sqrt(n) < abs(tuned.mean()))
+    assert report.seeds_needed(iv) == need
+    assert claims.iloc[j + 2]["verdict"] == report.INCONCLUSIVE and need > 5
+    assert f"about {need} seeds" in claims.iloc[j + 2]["evidence"]
+    assert claims.iloc[i + 2]["verdict"] == report.SUPPORTED  # every seed: FIPA above plain FedAvg
+
+
 def test_missing_evidence_says_not_measured():
     only_reg = synthetic().query("task == 'reg' and aggregator in ['fedavg', 'fipa']")
     claims = report.claims_table(only_reg)
