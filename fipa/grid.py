@@ -52,15 +52,22 @@ def all_seeds(config: dict[str, Any]) -> list[int]:
     return sorted({s for task in config["tasks"] for s in task_seeds(config, task)})
 
 
+def method_aggregators(config: dict[str, Any], task: str, method: str) -> list[str]:
+    """The aggregators that client method ``method`` runs with in ``task``: the task's
+    ``method_aggregators`` entry for it, else the task's ``aggregators`` (default: all)."""
+    t = config["tasks"][task]
+    own = (t.get("method_aggregators") or {}).get(method)
+    return list(own) if own is not None else _selected(t, "aggregators", list(config["aggregators"]))
+
+
 def cells(config: dict[str, Any]) -> list[GridCell]:
     """Every job of the grid, in a stable order."""
     out = []
     for tname, t in config["tasks"].items():
         methods = _selected(t, "client_methods", list(config["client_methods"]))
-        aggs = _selected(t, "aggregators", list(config["aggregators"]))
         for pname in t["partitions"]:
             for method in methods:
-                for agg in aggs:
+                for agg in method_aggregators(config, tname, method):
                     for seed in task_seeds(config, tname):
                         out.append(GridCell(tname, pname, method, agg, int(seed)))
     return out
@@ -148,6 +155,15 @@ def check(config: dict[str, Any]) -> None:
                     raise ConfigError(f"tasks.{tname}.{key}: {name!r} is not defined under top-level "
                                       f"{section} ({', '.join(config[section])})")
         chosen = _selected(t, "aggregators", list(config["aggregators"]))
+        methods = _selected(t, "client_methods", list(config["client_methods"]))
+        for method, names in (t.get("method_aggregators") or {}).items():
+            if method not in methods:
+                raise ConfigError(f"tasks.{tname}.method_aggregators.{method}: not a client method this task "
+                                  f"runs ({', '.join(methods)})")
+            for name in names:
+                if name not in chosen:
+                    raise ConfigError(f"tasks.{tname}.method_aggregators.{method}: {name!r} is not an "
+                                      f"aggregator this task runs ({', '.join(chosen)})")
         for name in t.get("aggregator_overrides") or {}:
             if name not in chosen:
                 raise ConfigError(f"tasks.{tname}.aggregator_overrides.{name}: not an aggregator this "

@@ -128,6 +128,7 @@ def shrunk_default(work: Path) -> Path:
     update_config(task, {"task": {"data": {"num_samples": 400}},
                          "partitions": {part: {"clients": 8}}, "warmup": {"rounds": 2}, "rounds": 2,
                          "participation": 0.5, "eval_every": 1, "client_methods": ["local", "fedprox"]})
+    task["method_aggregators"] = {"fedprox": task["method_aggregators"]["fedprox"]}
     (work / "config").mkdir(parents=True)
     path = work / "config" / "mnist1d.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -142,8 +143,9 @@ def test_mnist1d_through_snakemake(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     task = yaml.safe_load(cfg.read_text())["tasks"]["mnist1d"]
-    assert sorted(zip(summary["client_method"], summary["aggregator"], strict=True)) == sorted(
-        (m, a) for m in ("local", "fedprox") for a in task["aggregators"])
+    expected = [("local", a) for a in task["aggregators"]]
+    expected += [("fedprox", a) for a in task["method_aggregators"]["fedprox"]]
+    assert sorted(zip(summary["client_method"], summary["aggregator"], strict=True)) == sorted(expected)
     assert not summary["diverged"].any() and (summary["rounds_completed"] == 2).all()
     assert summary["final_test_acc"].between(0, 1).all()
     assert len(list((tmp_path / "results" / "data").glob("mnist1d-*.npz"))) == 1  # generated once, cached
