@@ -127,7 +127,8 @@ def shrunk_default(work: Path) -> Path:
     part = next(iter(task["partitions"]))
     update_config(task, {"task": {"data": {"num_samples": 400}},
                          "partitions": {part: {"clients": 8}}, "warmup": {"rounds": 2}, "rounds": 2,
-                         "participation": 0.5, "eval_every": 1, "client_methods": ["local", "fedprox"]})
+                         "participation": 0.5, "eval_every": 1, "client_methods": ["local", "fedprox"],
+                         "seeds": [0]})
     task["method_aggregators"] = {"fedprox": task["method_aggregators"]["fedprox"]}
     (work / "config").mkdir(parents=True)
     path = work / "config" / "mnist1d.yaml"
