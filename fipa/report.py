@@ -597,7 +597,8 @@ def claims_table(summary: pd.DataFrame, ablations: pd.DataFrame | None = None) -
             r = _fipa_vs_fedavg_claim(summary, claim)
         rows.append({"claim": claim.text, **r})
         if claim.per_task and r["verdict"] != NOT_MEASURED:
-            tasks = _claim_rows(summary, claim)["task"].unique()
+            paired = paired_effects(_claim_rows(summary, claim), "fipa", claim.baseline)
+            tasks = paired["task"].unique()
             rows += [{"claim": f"... on {task}", **_fipa_vs_fedavg_claim(summary, claim, task)}
                      for task in tasks if len(tasks) > 1]
     return pd.DataFrame(rows, columns=["claim", "evidence", "estimate", "n", "verdict", "ratio", "ratio_lo",
