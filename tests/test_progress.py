@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -265,3 +266,47 @@ def test_follower_prints_each_cell_end_once_with_the_local_line(tmp_path):
         fh.write('/x/seed0", "job": "h:1", "t": 5.0, "wall": 4.0}\n')
     assert [line[:40] for line in follower.poll()] == ["[done 3/3] b/p/m/x/seed0: done (4.0 s); "]
     assert follower.poll() == []
+
+
+def test_bundles_pack_short_cells_in_grid_order_and_leave_long_ones_alone(monkeypatch):
+    """Priors by aggregator: a 0.4 s, b 0.5 s, c 2 s; limit 1 s. In grid order (a0 a1 b0 b1 c0
+    c1) a0 + a1 = 0.8 fit, b0 would make 1.3: a second bundle, b0 + b1 = 1.0; c is long."""
+    config = yaml.safe_load((ROOT / "tests" / "cluster" / "cells_config.yaml").read_text())
+    config["tasks"] = {"regression_1d": {**config["tasks"]["regression_1d"], "client_methods": ["local"]}}
+    config["aggregators"] = {"a": {"name": "fedavg"}, "b": {"name": "fedavg"}, "c": {"name": "fedavg"}}
+    cost = {"a": 0.4, "b": 0.5, "c": 2.0}
+    names = itertools.cycle("aabbcc")  # the entries parse to one config: priors by call, in grid order
+    monkeypatch.setattr(progress, "prior_seconds", lambda cfg: ("regression", cost[next(names)]))
+    got = grid.bundles(config, lambda task: False, 1.0)
+    run = "regression_1d/domain4/local/{}/seed{}"
+    assert got == {run.format("a", 0): "regression_1d/b0", run.format("a", 1): "regression_1d/b0",
+                   run.format("b", 0): "regression_1d/b1", run.format("b", 1): "regression_1d/b1"}
+    assert grid.bundles(config, lambda task: False, 0) == {}
+    assert grid.bundles(config, lambda task: True, 1.0) == {}  # batched tasks have their batch jobs
+
+
+def test_a_bundle_trains_each_cell_as_fipa_train_does_bit_for_bit(tmp_path):
+    """`fipa train-batch --one-by-one` (the workflow's bundles) against `fipa train` per cell:
+    identical metrics.csv but for the wall time, and final metrics equal exactly."""
+    import csv
+
+    from fipa.cli import main
+    from tests.helpers import tiny
+
+    specs = [tiny(seed=0), tiny(seed=1, aggregator={"name": "fipa", "rho": 1e-4, "rank": 4})]
+    cells = [{"spec": spec, "output": str(tmp_path / f"bundle{i}"), "label": f"c{i}"}
+             for i, spec in enumerate(specs)]
+    assert main(["train-batch", "--one-by-one", "--cells", json.dumps(cells), "-q", "--threads", "1"]) == 0
+    for i, spec in enumerate(specs):
+        assert main(["train", "--spec", json.dumps(spec), "-o", str(tmp_path / f"alone{i}"), "-q",
+                     "--threads", "1"]) == 0
+
+        def rows(d):
+            with open(d / "metrics.csv") as fh:
+                return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(fh)]
+
+        bundled, alone = rows(tmp_path / f"bundle{i}"), rows(tmp_path / f"alone{i}")
+        assert len(bundled) >= spec["rounds"] and bundled == alone
+        final = [json.loads((tmp_path / f"{k}{i}" / "final.json").read_text())["final"]
+                 for k in ("bundle", "alone")]
+        assert final[0] == final[1]
