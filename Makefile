@@ -12,7 +12,7 @@ help:
 	@echo "make ablations   set up .venv, then run the FIPA ablations (config/ablations.yaml) into results/ablations/"
 	@echo "make test        set up .venv, then run the test suite and ruff"
 	@echo "make test-slow   also run the slow paper-scale tests"
-	@echo "make test-cluster  run the workflow on a throw-away single-node SLURM (root; about 4 min)"
+	@echo "make test-cluster  run the workflow on a throw-away single-node SLURM (root; about 7 min)"
 	@echo "make dry-run     list the jobs the default reproduction would run"
 	@echo "make docs        regenerate config/README.md's key tables from the Params fields (fipa/keys.py)"
 	@echo "make resume      after an interruption: unlock (only if no other Snakemake runs here), rerun incomplete jobs"

@@ -121,7 +121,7 @@ def write_benchmark(path: str | Path, wall_s: float, cpu_s: float) -> None:
 def run_cells(cells: list[CellJob], make_log: Callable[[CellJob], Callable[[str], None]],
               supersede: bool = False, echo: Callable[[str], None] = print,
               status: Callable[[str, dict[str, Any]], str] | None = None,
-              threads: int | None = None) -> dict[str, dict | None]:
+              threads: int | None = None, lockstep: bool = True) -> dict[str, dict | None]:
     """Train every cell; returns each cell's final.json content (None where it failed).
 
     A cell already finished with the same config is skipped without building its task (so a
@@ -132,6 +132,9 @@ def run_cells(cells: list[CellJob], make_log: Callable[[CellJob], Callable[[str]
     model train their clients in one vectorized call per round (the runs axis), each keeping
     its own run directory, log, checkpoint and benchmark record (whose ``s`` is the cell's
     share of its group's wall time). ``status`` turns a finished cell into its progress line.
+    ``lockstep=False`` trains the cells one after another, each alone as ``fipa train`` would
+    (its numbers bit for bit): the workflow's bundles of short ``batch: false`` cells, whose
+    point is one process start for many cells, not a shared round loop.
     """
     from fipa.simulate import finished_run, prepare_run_dir
 
@@ -153,7 +156,8 @@ def run_cells(cells: list[CellJob], make_log: Callable[[CellJob], Callable[[str]
             results[cell.output] = None
             continue
         todo.setdefault(cfg.device, []).append((cell, cfg, label))
-    for jobs in todo.values():
+    groups = todo.values() if lockstep else [[job] for jobs in todo.values() for job in jobs]
+    for jobs in groups:
         results.update(_run_jobs(jobs, make_log, echo, status, threads))
     return results
 

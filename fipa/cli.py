@@ -1,4 +1,4 @@
-"""The ``fipa`` command: list, partition, train, collect, figures."""
+"""The ``fipa`` command: list, partition, train, status, collect, figures."""
 
 from __future__ import annotations
 
@@ -110,16 +110,31 @@ def _write_partition(cfg, output: str, figure: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from fipa.simulate import prepare_run_dir, train
+    from fipa.simulate import prepare_run_dir
 
     cfg = _run_config(args)
     prepare_run_dir(Path(args.output), cfg, args.supersede, args.spec is not None, _flush_print)
     label = args.label or f"[{cfg.task.name}/{cfg.partition.name}/{cfg.client.method}/" \
         f"{cfg.aggregator.name} seed {cfg.seed}]"
-    if args.grid_total:
-        from fipa.progress import record_start
+    with _grid_job(args, [label]):
+        _train_one(args, cfg, label)
 
-        record_start(args.grid_root, [label], STARTED)
+
+def _grid_job(args: argparse.Namespace, labels: list[str]):
+    """The ledger's start and end lines of a grid job (``--grid-total``), else nothing."""
+    from contextlib import nullcontext
+
+    if not args.grid_total:
+        return nullcontext()
+    from fipa.progress import grid_job
+
+    return grid_job(args.grid_root, labels, STARTED)
+
+
+def _train_one(args: argparse.Namespace, cfg, label: str) -> None:
+    """Train one run with a progress bar at a terminal, else progress lines; print its outcome."""
+    from fipa.simulate import train
+
     log = _log_to(args.log) if args.log else (lambda s: None) if args.quiet else _flush_print
     bar = None
     if wants_progress_bar(sys.stdout, os.environ) and not (args.log or args.quiet or args.grid_total):
@@ -168,18 +183,17 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
 
     status = None
     if args.grid_total:
-        from fipa.progress import record_start, status_line
-
-        record_start(args.grid_root, [cell.label or cell.output for cell in cells], STARTED)
+        from fipa.progress import status_line
 
         def status(label, final):
             return status_line(label, final, args.grid_root, args.grid_total)
 
-    results = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print, status=status,
-                        threads=args.threads)
-    failed = [out for out, final in results.items() if final is None]
-    if failed:
-        raise ConfigError(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
+    with _grid_job(args, [cell.label or cell.output for cell in cells]):
+        results = run_cells(cells, make_log, supersede=args.supersede, echo=_flush_print, status=status,
+                            threads=args.threads, lockstep=not args.one_by_one)
+        failed = [out for out, final in results.items() if final is None]
+        if failed:
+            raise ConfigError(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
     if args.summary:
         write_summary(args.summary, results)
 
@@ -201,6 +215,21 @@ def _log_to(path: str):
         fh.flush()
 
     return log
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    """The grid's cells done, running, queued and failed, and the time left, from the plan and
+    ledger only (fipa/grid_status.py); ``--watch`` refreshes until the grid is finished."""
+    from fipa.grid_status import find_root, format_status, status, watch
+
+    if args.watch is None:
+        root = find_root(args.results)
+        print(format_status(status(root), root))
+        return
+    from contextlib import suppress
+
+    with suppress(KeyboardInterrupt):  # Ctrl-C ends the watch, not the grid
+        watch(args.results, args.watch, echo=lambda s: print(f"{s}\n", flush=True))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -324,10 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
     s.add_argument("--summary", default=None,
                    help="when every cell succeeded, write their outcomes here (JSON, the batch's record)")
+    s.add_argument("--one-by-one", action="store_true",
+                   help="train the cells one after another, each alone (the numbers of `fipa train` bit "
+                        "for bit), instead of in lockstep")
     s.add_argument("--grid-total", type=int, default=0,
                    help="jobs in the whole grid: one status line per cell with an estimate of what remains")
     s.add_argument("--grid-root", default="results/runs", help="where the grid's run directories live")
     s.set_defaults(func=cmd_train_batch)
+
+    s = sub.add_parser("status", help="cells done, running, queued and failed, and the time left, of the "
+                       "grid that runs (or ran) in a results directory, locally or on a cluster")
+    s.add_argument("results", nargs="?", default="results",
+                   help="results directory (or its runs/ folder) with .grid-plan.json, .grid-ledger.jsonl")
+    s.add_argument("--watch", type=_positive_float, nargs="?", const=10.0, default=None, metavar="SECONDS",
+                   help="print the status again every SECONDS (10 if not given) until the grid is finished "
+                        "or Ctrl-C")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("collect", help="all run dirs -> summary.csv")
     s.add_argument("runs", nargs="*", default=["results/runs"],
@@ -372,6 +413,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 

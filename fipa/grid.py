@@ -216,11 +216,13 @@ def _seedless_key(spec: dict[str, Any]) -> str:
     return repr(sorted((k, repr(v)) for k, v in spec.items() if k != "seed"))
 
 
-def plan_cells(config: dict[str, Any], batched: Callable[[str], bool]) -> list[tuple[str, str, Any]]:
+def plan_cells(config: dict[str, Any], batched: Callable[[str], bool],
+               bundled: dict[str, str] | None = None) -> list[tuple[str, str, Any]]:
     """(run id, Snakemake job, RunConfig) of every cell, for the progress plan (fipa/progress.py).
 
     The job is the cell's ``train_batch`` job (task/partition/method) where its task is
-    ``batched``, else the cell itself; configs are parsed once per seedless spec.
+    ``batched``, its ``train_bundle`` job (``bundle:<task>/<bundle>``, :func:`bundles`) where
+    ``bundled`` names one, else the cell itself; configs are parsed once per seedless spec.
     """
     from fipa.config import parse_run_config
 
@@ -232,7 +234,37 @@ def plan_cells(config: dict[str, Any], batched: Callable[[str], bool]) -> list[t
         if key not in parsed:
             parsed[key] = parse_run_config(spec, cell.run_id)
         job = f"{cell.task}/{cell.partition}/{cell.method}" if batched(cell.task) else cell.run_id
+        if bundled and cell.run_id in bundled:
+            job = f"bundle:{bundled[cell.run_id]}"
         out.append((cell.run_id, job, parsed[key]))
+    return out
+
+
+def bundles(config: dict[str, Any], batched: Callable[[str], bool], limit_s: float) -> dict[str, str]:
+    """Run id -> bundle (``<task>/b<k>``) of every short cell of a ``batch: false`` task.
+
+    A cell is short when its cost prior (fipa.progress.prior_seconds) is below ``limit_s``;
+    consecutive short cells of one task entry, in grid order, share a bundle while their priors
+    sum to at most ``limit_s``. One bundle is one job (rule train_bundle) that trains its cells
+    one after another: on a cluster, where each job pays its own Snakemake start-up, many short
+    cells pay it once. Long cells stay one job each; ``limit_s <= 0`` bundles nothing.
+    """
+    from fipa.progress import prior_seconds
+
+    if limit_s <= 0:
+        return {}
+    out: dict[str, str] = {}
+    fill: dict[str, tuple[int, float]] = {}  # task -> (current bundle index, its priors' sum)
+    for run_id, _, cfg in plan_cells(config, batched):
+        task = run_id.split("/", 1)[0]
+        prior = prior_seconds(cfg)[1]
+        if batched(task) or prior >= limit_s:
+            continue
+        k, used = fill.get(task, (0, 0.0))
+        if used > 0 and used + prior > limit_s:  # this one would overfill: open the next bundle
+            k, used = k + 1, 0.0
+        fill[task] = (k, used + prior)
+        out[run_id] = f"{task}/b{k}"
     return out
 
 

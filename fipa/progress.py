@@ -6,14 +6,23 @@ line reads one ledger instead of every final.json (quadratic at paper scale):
 * ``.grid-plan.json``, written once when Snakemake starts (workflow ``onstart``): every cell's
   task family, *prior cost* (:func:`prior_seconds`) and Snakemake job, and how many jobs
   run at once;
-* ``.grid-ledger.jsonl``, one line appended when a job starts (its cells) and one when a
-  cell ends (its wall time).
+* ``.grid-ledger.jsonl``, one line appended when a job starts (its cells), one when a cell
+  ends (its wall time and outcome), one when a job ends (``ok``, ``failed`` or ``killed``: a
+  SIGTERM, as SLURM sends on ``scancel`` or a time limit) and one when the submitting
+  Snakemake ends (``session``: ``success`` or ``error``).
+
+A cell is *done* once its end line is in; *failed* when the job that last started it ended
+(its job-end line, or the session's end for a job killed without a word, SIGKILL) without
+the cell's end line; *running* when started and neither; *queued* otherwise
+(:func:`cell_states`). A rerun writes a fresh plan and ledger, where a failed cell is queued
+again and turns done when its end line comes.
 
 :func:`estimate_left` corrects the priors by what the finished jobs took (per grid task
 entry, else per task family, else over all finished jobs), keeps what is left of the
-running jobs and list-schedules the rest on the plan's concurrency. Without a plan it falls
-back to cells per second since the first one started. tests/test_progress.py replays two
-recorded grids against it.
+running jobs and list-schedules the rest on the slots that the ledger shows running at
+once (:func:`observed_slots`, at most the plan's ceiling). Without a plan it falls back to
+cells per second since the first one started. tests/test_progress.py replays two recorded
+grids against it.
 """
 
 from __future__ import annotations
@@ -21,9 +30,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +51,51 @@ class Finished:
     job: str
     end: float
     wall: float
+    outcome: str = "done"  # what its status line says: "test_mse 0.0015", "DIVERGED"
+
+
+@dataclass
+class Job:
+    """One process that trains cells: its start, and its end and status once it ended."""
+
+    labels: list[str]
+    start: float
+    end: float | None = None
+    status: str | None = None  # ok | failed | killed
 
 
 @dataclass
 class Ledger:
-    """What the ledger says so far: finished cells, and when each job's cells started."""
+    """What the ledger says so far: finished cells, when each cell's latest job started, the
+    jobs themselves, and when the submitting Snakemake ended (None while it runs)."""
 
     done: list[Finished]
-    started: dict[str, float]  # cell label -> start time of the job that trains it
+    started: dict[str, float]  # cell label -> start time of the latest job that trains it
+    jobs: dict[str, Job] = field(default_factory=dict)  # ledger job id -> its span
+    job_of: dict[str, str] = field(default_factory=dict)  # cell label -> its latest job id
+    closed: float | None = None
+    session: str | None = None  # success | error, once closed
+
+    def feed(self, d: dict[str, Any]) -> Finished | None:
+        """Add one parsed ledger line (raises KeyError/TypeError/ValueError on a foreign one);
+        returns the cell end it records, if it is one."""
+        kind = d["event"]
+        if kind == "start":
+            labels, t = [str(x) for x in d["labels"]], float(d["t"])
+            self.jobs[d["job"]] = Job(labels, t)
+            self.started.update(dict.fromkeys(labels, t))
+            self.job_of.update(dict.fromkeys(labels, d["job"]))
+        elif kind == "end":
+            f = Finished(d["label"], d["job"], float(d["t"]), float(d["wall"]), d.get("outcome", "done"))
+            self.done.append(f)
+            return f
+        elif kind == "job_end":
+            job = self.jobs.get(d["job"])
+            if job is not None and job.end is None:  # the first word counts (SIGTERM, then the finally)
+                job.end, job.status = float(d["t"]), str(d["status"])
+        elif kind == "session":
+            self.closed, self.session = float(d["t"]), str(d["status"])
+        return None
 
 
 def prior_seconds(cfg: Any) -> tuple[str, float]:
@@ -100,15 +148,61 @@ def this_job() -> str:
 def record_start(root: str | Path, labels: list[str], t: float | None = None) -> None:
     """Note that this process, started at ``t`` (default now), trains ``labels``: the estimate
     counts a running job's progress, and its set-up in its cost."""
-    _append(root, {"event": "start", "job": this_job(), "labels": labels,
-                   "t": time.time() if t is None else t})
+    entry = {"event": "start", "job": this_job(), "labels": labels, "t": time.time() if t is None else t}
+    if os.environ.get("SLURM_JOB_ID"):  # which SLURM job to look at (or scancel) for these cells
+        entry["slurm_job"] = os.environ["SLURM_JOB_ID"]
+    _append(root, entry)
 
 
-def record(root: str | Path, label: str, wall: float, job: str | None = None) -> None:
-    """Note that ``label`` finished after ``wall`` s; ``job`` defaults to this process (the
-    plan, not the ledger, knows each cell's family and Snakemake job)."""
+def record(root: str | Path, label: str, wall: float, job: str | None = None,
+           outcome: str = "done") -> None:
+    """Note that ``label`` finished after ``wall`` s with ``outcome`` (its status line's words);
+    ``job`` defaults to this process (the plan, not the ledger, knows each cell's family and
+    Snakemake job)."""
     _append(root, {"event": "end", "label": label, "job": this_job() if job is None else job,
-                   "t": time.time(), "wall": wall})
+                   "t": time.time(), "wall": wall, "outcome": outcome})
+
+
+def record_job_end(root: str | Path, status: str) -> None:
+    """Note that this process ends: ``ok``, ``failed`` (an error) or ``killed`` (SIGTERM)."""
+    _append(root, {"event": "job_end", "job": this_job(), "t": time.time(), "status": status})
+
+
+def record_session_end(root: str | Path, status: str) -> None:
+    """Note that the submitting Snakemake ended (``success`` or ``error``): a job still open
+    then was killed without a word (SIGKILL, a lost node) and its unfinished cells failed."""
+    _append(root, {"event": "session", "t": time.time(), "status": status})
+
+
+@contextmanager
+def grid_job(root: str | Path, labels: list[str], t: float | None = None) -> Iterator[None]:
+    """The start line of this job, and its end line however it ends: ``ok`` when the block
+    returns, ``failed`` on an exception, ``killed`` on SIGTERM (written from the handler, after
+    which the default action ends the process as before: nothing else changes)."""
+    record_start(root, labels, t)
+
+    def on_term(signum, frame) -> None:
+        record_job_end(root, "killed")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    status = "failed"
+    try:
+        yield
+        status = "ok"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        record_job_end(root, status)
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """One ledger line as a dict; None for a torn or foreign line."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def read_ledger(root: str | Path) -> Ledger:
@@ -119,15 +213,69 @@ def read_ledger(root: str | Path) -> Ledger:
     except OSError:
         return ledger
     for line in text.splitlines():
+        d = parse_line(line)
         try:
-            d = json.loads(line)
-            if d["event"] == "start":
-                ledger.started.update(dict.fromkeys(d["labels"], float(d["t"])))
-            else:
-                ledger.done.append(Finished(d["label"], d["job"], float(d["t"]), float(d["wall"])))
+            if d is not None:
+                ledger.feed(d)
         except (ValueError, KeyError, TypeError):
             continue
     return ledger
+
+
+DONE, FAILED, RUNNING, QUEUED = "done", "failed", "running", "queued"
+
+
+def cell_states(labels: Iterable[str], ledger: Ledger) -> dict[str, str]:
+    """Each cell's state (module docstring): done by its end line; failed when its latest job
+    ended, or the session did, without that line; running when started; queued otherwise."""
+    ended = {f.label for f in ledger.done}
+    states = {}
+    for label in labels:
+        job = ledger.jobs.get(ledger.job_of.get(label, ""))
+        if label in ended:
+            states[label] = DONE
+        elif job is None and label not in ledger.started:
+            states[label] = FAILED if ledger.closed is not None else QUEUED
+        elif (job is not None and job.end is not None) or ledger.closed is not None:
+            states[label] = FAILED
+        else:
+            states[label] = RUNNING
+    return states
+
+
+def job_spans(ledger: Ledger, now: float) -> list[tuple[float, float]]:
+    """(start, end) of every job in the ledger; a job without its end line ends at its last
+    cell's end if all its cells ended, else at the session's end, else it runs until ``now``."""
+    ends: dict[str, float] = {}
+    for f in ledger.done:
+        ends[f.label] = max(f.end, ends.get(f.label, f.end))
+    spans = []
+    for job in ledger.jobs.values():
+        end = job.end
+        if end is None and job.labels and all(label in ends for label in job.labels):
+            end = max(ends[label] for label in job.labels)
+        if end is None:
+            end = ledger.closed if ledger.closed is not None else now
+        spans.append((job.start, max(end, job.start)))
+    return spans
+
+
+def observed_slots(ledger: Ledger, now: float, min_overlap_s: float = 2.0) -> int | None:
+    """The most jobs the ledger shows running at once for at least ``min_overlap_s`` (a sweep
+    over the job spans); None before any job started. What the cluster grants, not what the
+    profile asks for. The tolerance keeps out a job that starts a moment before its
+    predecessor's last line (clocks of different nodes, a process that ends after its cells)."""
+    spans = job_spans(ledger, now)
+    if not spans:
+        return None
+    # at a tie an end (-1) sorts first: a slot freed and taken again at once is one slot
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    most = running = 0
+    for (t, step), (t_next, _) in zip(events, [*events[1:], (math.inf, 0)], strict=True):
+        running += step
+        if t_next - t >= min_overlap_s:  # held long enough to count
+            most = max(most, running)
+    return max(most, 1)
 
 
 def read_plan(root: str | Path) -> dict[str, Any] | None:
@@ -148,7 +296,9 @@ def estimate_left(plan: dict[str, Any] | None, ledger: Ledger, total: int, now: 
     """
     labels = {f.label for f in ledger.done}
     measured = [f for f in ledger.done if f.job != EARLIER]
-    if len(labels) >= total:
+    if plan is not None and plan.get("cells"):  # failed cells wait for a rerun, not for this one
+        labels |= {c for c, st in cell_states(plan["cells"], ledger).items() if st == FAILED}
+    if len(labels) >= total or ledger.closed is not None:
         return 0.0
     if not measured:
         return None
@@ -168,12 +318,21 @@ def estimate_left(plan: dict[str, Any] | None, ledger: Ledger, total: int, now: 
         if job in jobs:
             started[job] = min(t, started.get(job, t))
     slots = [max(cost - (now - started[job]), 0.0) for job, cost in jobs.items() if job in started]
-    slots += [0.0] * max(int(plan.get("concurrency", 1)) - len(slots), 0)
+    slots += [0.0] * max(concurrency(plan, ledger, now) - len(slots), 0)
     for job, cost in jobs.items():
         if job not in started:  # queued: to the slot that frees first
             i = slots.index(min(slots))
             slots[i] += cost
     return max(slots)
+
+
+def concurrency(plan: dict[str, Any], ledger: Ledger, now: float) -> int:
+    """Jobs that run at once: as many as the ledger has shown at once, at most the plan's
+    ceiling (cores / threads here, the profile's ``jobs`` on a cluster, which a busy or small
+    cluster never grants); the ceiling alone while the ledger has no job spans."""
+    ceiling = max(1, int(plan.get("concurrency", 1)))
+    seen = observed_slots(ledger, now)
+    return ceiling if seen is None else min(seen, ceiling)
 
 
 def _entry(label: str) -> str:
@@ -216,21 +375,30 @@ def format_duration(seconds: float | None) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
-def status_line(label: str, final: dict, runs_root: str | Path, total: int) -> str:
-    """Record ``final`` in the ledger and return its status line:
-    ``[done 14/27] <label>: test_mse 0.0015 (21.3 s); 13 jobs left, about 4 min 10 s``."""
-    record(runs_root, label, float(final.get("wall_s", 0.0)))
-    ledger = read_ledger(runs_root)
-    plan = read_plan(runs_root)
-    if plan and label in plan["cells"]:  # this invocation's cells (the targets asked for), not the grid's
-        total = len(plan["cells"])
-    finished = len({f.label for f in ledger.done})
-    left = estimate_left(plan, ledger, total, time.time())
+def outcome_of(final: dict[str, Any]) -> str:
+    """What a status line says of a finished cell: its primary metric, DIVERGED, or done."""
     metric = final.get("primary_metric")
     value = final.get("final", {}).get(metric)
     if final.get("diverged"):
-        outcome = "DIVERGED"
-    else:
-        outcome = f"{metric} {value:.4g}" if value is not None else "done"
-    return (f"[done {finished}/{total}] {label}: {outcome} ({final.get('wall_s', 0):.1f} s); "
+        return "DIVERGED"
+    return f"{metric} {value:.4g}" if value is not None else "done"
+
+
+def status_line(label: str, final: dict, runs_root: str | Path, total: int) -> str:
+    """Record ``final`` in the ledger and return its status line:
+    ``[done 14/27] <label>: test_mse 0.0015 (21.3 s); 13 jobs left, about 4 min 10 s``."""
+    wall = float(final.get("wall_s", 0.0))
+    record(runs_root, label, wall, outcome=outcome_of(final))
+    return format_line(Finished(label, this_job(), time.time(), wall, outcome_of(final)),
+                       read_plan(runs_root), read_ledger(runs_root), total, time.time())
+
+
+def format_line(f: Finished, plan: dict[str, Any] | None, ledger: Ledger, total: int, now: float) -> str:
+    """The status line of cell end ``f``, given the ledger up to it: done k/N, its outcome and
+    wall time, and the time left. ``total`` counts the grid where the plan lacks the cell."""
+    if plan and f.label in plan["cells"]:  # this invocation's cells (the targets asked for), not the grid's
+        total = len(plan["cells"])
+    finished = len({d.label for d in ledger.done})
+    left = estimate_left(plan, ledger, total, now)
+    return (f"[done {finished}/{total}] {f.label}: {f.outcome} ({f.wall:.1f} s); "
             f"{max(total - finished, 0)} jobs left, about {format_duration(left)}")

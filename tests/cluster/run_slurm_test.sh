@@ -32,9 +32,14 @@
 #     with --gpus=1 and run at once, each on its own stand-in GPU (distinct
 #     CUDA_VISIBLE_DEVICES, bound by SLURM, no lock: their claim/release times in the rule logs
 #     overlap);
+#   - meanwhile the progress case (tests/cluster/cells_config.yaml): 12 short cells in one bundle
+#     job (bundle_s), 2 long cells in one job each; `fipa status` during the run shows running
+#     cells; the SLURM job of a long cell is cancelled while it trains; the submitting
+#     Snakemake's output holds the 13 status lines of the other cells; `fipa status` after the
+#     run names the cancelled cell failed, and after the rerun (which resumes it) all 14 done;
 #   - summary.csv equals, in every ID and metric column, the one of a local run
-#     (profiles/local) of the same config.
-# Every snakemake call runs under `timeout -s KILL`; about 4 minutes on 2 busy cores.
+#     (profiles/local) of the same config (both configs).
+# Every snakemake call runs under `timeout -s KILL`; about 7 minutes on 2 busy cores.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -252,8 +257,19 @@ print(f"GPU jobs: CUDA_VISIBLE_DEVICES {' and '.join(cvds)} ({'; '.join(s[3] for
 PY
 }
 
+ledger_slurm_job() {  # ledger_slurm_job RUNS LABEL: the SLURM job id of LABEL's start line, if any
+    "$BIN/python" - "$@" <<'PY'
+import json, sys
+
+for line in open(f"{sys.argv[1]}/.grid-ledger.jsonl"):
+    d = json.loads(line)
+    if d.get("event") == "start" and sys.argv[2] in d["labels"] and d.get("slurm_job"):
+        print(d["slurm_job"])
+PY
+}
+
 summary_equal() {
-    "$BIN/python" - "$1" "$2" <<'PY'
+    "$BIN/python" - "$@" <<'PY'
 import sys
 
 import pandas as pd
@@ -262,7 +278,8 @@ a, b = (pd.read_csv(p) for p in sys.argv[1:3])
 drop = ["wall_s", "run_dir"]  # wall time and the path differ by nature
 key = ["task", "partition", "client_method", "aggregator", "seed"]
 a, b = (x.drop(columns=drop).sort_values(key).reset_index(drop=True) for x in (a, b))
-assert len(a) == 6, f"{len(a)} rows, expected 6"
+rows = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+assert len(a) == rows, f"{len(a)} rows, expected {rows}"
 pd.testing.assert_frame_equal(a, b, check_exact=True)
 print(f"summary.csv: {len(a)} runs x {a.shape[1]} ID and metric columns identical")
 PY
@@ -273,8 +290,11 @@ checks() {
     rm -rf "$work"
     for d in local slurm fail; do mkdir -p "$work/$d" && cp -r "$ROOT/.test/config" "$work/$d/config"; done
     mkdir -p "$work/gpu/config" && cp "$ROOT/tests/cluster/gpu_config.yaml" "$work/gpu/config/config.yaml"
+    for d in cells cells-local; do
+        mkdir -p "$work/$d/config" && cp "$ROOT/tests/cluster/cells_config.yaml" "$work/$d/config/config.yaml"
+    done
     local slurm=(--profile "$ROOT/profiles/slurm" --slurm-init-seconds-before-status-checks 1)
-    local local_pid main_pid gpu_pid states n
+    local local_pid main_pid gpu_pid cells_pid states n
 
     # the local reference runs alongside the cluster runs
     start_smk "$work/local.out" 400 "$work/local" --profile "$ROOT/profiles/local" --cores 2 \
@@ -311,6 +331,29 @@ checks() {
     gpu_pid=$STARTED
     log "SLURM run of the GPU case started"
 
+    # 2c. alongside, the progress case (tests/cluster/cells_config.yaml): 12 short cells in one
+    #     bundle job, 2 long cells in a job each; the seed-0 long cell is cancelled while it trains
+    local cells_run=$STATE/work/cells
+    T_CELLS=$(date +%s)
+    start_smk "$work/cells.out" 330 "$cells_run" results/summary.csv "${slurm[@]}"
+    cells_pid=$STARTED
+    log "SLURM run of the progress case started"
+
+    # 2d. the progress case: `fipa status` while the long cell trains, then cancel its job
+    local long=regression_long/domain4/local/fedavg/seed0 runs=$cells_run/results/runs job="" st
+    for _ in $(seq 240); do
+        job=$(ledger_slurm_job "$runs" "$long" 2>/dev/null || true)
+        [[ -n $job && -s $runs/$long/checkpoint.pt ]] && break
+        sleep 0.5
+    done
+    [[ -n $job ]] || fail "the long cell of the progress case never started (see $work/cells.out)"
+    st=$("$BIN/fipa" status "$cells_run/results")
+    echo "$st"
+    grep -qE "^[^ ]+: [0-9]+/14 cells done, [1-9][0-9]* running, [0-9]+ queued, 0 failed" <<<"$st" \
+        || fail "fipa status during the run: no running cell or a wrong count: $st"
+    scancel "$job"
+    log "ok: fipa status during the run shows running cells; the SLURM job $job of $long cancelled"
+
     # 3. meanwhile a job that fails on the cluster (a Dirichlet label split of the regression
     #    task, which has no labels: only `fipa partition` sees that), then the same target
     #    after fixing the config
@@ -333,6 +376,31 @@ checks() {
     states=$(slurm_states "$work/fixed.out")
     [[ $states == "1 COMPLETED" ]] || fail "SLURM jobs of the rerun: '$states', expected 1 COMPLETED"
     log "ok: a failing job is reported FAILED, its reason in the rule's log; the rerun after the fix completes"
+
+    # 3b. the progress case, once it ended (its long cell cancelled above)
+    RC=0
+    wait "$cells_pid" || RC=$?
+    T_CELLS=$(($(date +%s) - T_CELLS))
+    expect_rc 1 "$work/cells.out" "progress case with a cancelled job"
+    n=$(grep -c "^\[done [0-9]*/14\] " "$work/cells.out" || true)
+    ((n == 13)) || fail "$n status lines in the submitting Snakemake's output, expected 13 (14 cells, 1 cancelled)"
+    grep -m3 "^\[done " "$work/cells.out"
+    n=$(grep -c "has been submitted with SLURM jobid" "$work/cells.out" || true)
+    ((n == 5)) || fail "$n SLURM submissions in the progress case, expected 5 (2 partition jobs, 1 bundle, 2 long cells)"
+    st=$("$BIN/fipa" status "$cells_run/results")
+    echo "$st"
+    grep -qF "13/14 cells done, 0 running, 0 queued, 1 failed" <<<"$st" || fail "fipa status after the cancel: $st"
+    grep -qF "failed $long" <<<"$st" || fail "fipa status after the cancel does not name $long failed: $st"
+    log "ok: 13 status lines in the submitting output; fipa status after the run: $long failed"
+    run_smk "$work/cells-rerun.out" 200 "$cells_run" results/summary.csv "${slurm[@]}"
+    expect_rc 0 "$work/cells-rerun.out" "rerun of the progress case"
+    n=$(grep -c "^\[done 14/14\] $long: " "$work/cells-rerun.out" || true)
+    ((n == 1)) || fail "the rerun's output lacks the status line of $long"
+    expect_in "$cells_run/results/logs/train/$long.log" "resum" "the cancelled cell's log (resumed from its checkpoint)"
+    st=$("$BIN/fipa" status "$cells_run/results")
+    echo "$st"
+    grep -qF "14/14 cells done, 0 running, 0 queued, 0 failed" <<<"$st" || fail "fipa status after the rerun: $st"
+    log "ok: the rerun resumed $long; fipa status: 14/14 done, 0 failed (SLURM wall of the first run: ${T_CELLS} s)"
 
     # 4. the main run: every non-local job a SLURM job, the six training jobs in two
     RC=0
@@ -369,6 +437,15 @@ checks() {
     expect_rc 0 "$work/local.out" "local reference run"
     summary_equal "$work/slurm/results/summary.csv" "$work/local/results/summary.csv" \
         || fail "summary.csv of the SLURM run differs from the local one"
+    # the progress case's cells (12 bundled one by one, 2 alone, one cancelled and resumed)
+    # against a local run of them, each cell its own job
+    run_smk "$work/cells-local.out" 200 "$work/cells-local" --profile "$ROOT/profiles/local" --cores 2 \
+        results/summary.csv
+    expect_rc 0 "$work/cells-local.out" "local run of the progress case"
+    n=$(grep -c "^\[done [0-9]*/14\] " "$work/cells-local.out" || true)
+    ((n == 14)) || fail "$n status lines in the local run's output, expected 14 (each once)"
+    summary_equal "$cells_run/results/summary.csv" "$work/cells-local/results/summary.csv" 14 \
+        || fail "summary.csv of the bundled SLURM run differs from the local one"
     log "PASS: cluster test finished in $(($(date +%s) - T0)) s"
 }
 

@@ -14,6 +14,7 @@ FIGURES = "results/figures"
 RUN_DIR = "results/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
 PART_FILE = "results/partitions/{task}/{partition}/seed{seed}.json"
 BATCH_FILE = "results/batches/{task}/{partition}/{method}.json"
+BUNDLE_FILE = "results/bundles/{task}/{bundle}.json"
 CONDA_ENV = "../envs/fipa.yaml"
 # relative to the working directory: an absolute path in a rule input would make a moved or
 # re-cloned checkout rerun the report (the repository root, or results/ablations for --directory)
@@ -26,6 +27,7 @@ wildcard_constraints:
     method="[^/]+",
     aggregator="[^/]+",
     seed="[0-9]+",
+    bundle="b[0-9]+",
 
 
 def grid_cell(w):
@@ -90,11 +92,30 @@ def batched(task):
     return config["tasks"][task]["batch"]
 
 
+# run id -> "<task>/b<k>" of the short cells of batch: false tasks (fipa.grid.bundles); defined
+# in every Snakemake process (a cluster job's own resolves its train_bundle job's members) and
+# used for the DAG only on a cluster's submitting host, where each job pays its own start-up
+BUNDLES = grid.bundles(config, batched, config["bundle_s"])
+
+
+def bundling():
+    """Whether short batch: false cells run in bundles: a cluster executor, not local jobs."""
+    return bool(BUNDLES) and not workflow.local_exec
+
+
+def cell_output(c):
+    """The file that says cell c finished: its batch's or bundle's record, else its final.json."""
+    if batched(c.task):
+        return BATCH_FILE.format(task=c.task, partition=c.partition, method=c.method)
+    if bundling() and c.run_id in BUNDLES:
+        task, bundle = BUNDLES[c.run_id].split("/")
+        return BUNDLE_FILE.format(task=task, bundle=bundle)
+    return f"results/runs/{c.run_id}/final.json"
+
+
 def grid_outputs():
-    """What collect waits for: the record of each batch job, the final.json of each unbatched cell."""
-    outs = (BATCH_FILE.format(task=c.task, partition=c.partition, method=c.method) if batched(c.task)
-            else f"results/runs/{c.run_id}/final.json" for c in CELLS)
-    return list(dict.fromkeys(outs))
+    """What collect waits for: the record of each batch or bundle job, the final.json of each other cell."""
+    return list(dict.fromkeys(cell_output(c) for c in CELLS))
 
 
 def all_run_dirs():
@@ -113,7 +134,7 @@ def batch_inputs(w):
     return [part_file(c) for c in cells] + [f for c in cells for f in warmup_input(c)]
 
 
-def batch_manifest(w):
+def batch_manifest(w, members=batch_members):
     """The batch's cells for `fipa train-batch --cells`, each with the run config, run directory,
     log and benchmark record that a `train` job of that cell would have."""
     return [
@@ -124,8 +145,23 @@ def batch_manifest(w):
             "benchmark": f"results/benchmarks/{c.run_id}.tsv",
             "label": c.run_id,
         }
-        for c in batch_members(w)
+        for c in members(w)
     ]
+
+
+def bundle_members(w):
+    """The cells of one bundle job (fipa.grid.bundles), in grid order."""
+    return [c for c in CELLS if BUNDLES.get(c.run_id) == f"{w.task}/{w.bundle}"]
+
+
+def bundle_inputs(w):
+    """The partition files and warm-up states of a bundle's cells."""
+    cells = bundle_members(w)
+    return list(dict.fromkeys([part_file(c) for c in cells] + [f for c in cells for f in warmup_input(c)]))
+
+
+def bundle_manifest(w):
+    return batch_manifest(w, bundle_members)
 
 
 def output_dir(wildcards, output):
@@ -180,6 +216,11 @@ def batch_runtime(wildcards, attempt):
     return train_runtime(wildcards, attempt) * len(batch_members(wildcards))
 
 
+def bundle_runtime(wildcards, attempt):
+    """A bundle runs its cells one after another: the sum of their wall times."""
+    return train_runtime(wildcards, attempt) * len(bundle_members(wildcards))
+
+
 def data_preflight():
     """Stop a run before its first job when a task that has jobs to run lacks its data on disk
     (a vision data set not downloaded yet), naming the command that fetches it. Called from
@@ -200,17 +241,42 @@ def write_progress_plan():
     done; cells outside the requested targets are left out."""
     import fipa.progress as progress
 
-    jobs = set()
-    for job in workflow.dag.needrun_jobs():
-        w = job.wildcards
-        if job.rule.name == "train_batch":
-            jobs.add(f"{w.task}/{w.partition}/{w.method}")
-        elif job.rule.name == "train":
-            jobs.add(f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}")
-    cells = [c for c in grid.plan_cells(config, batched)
+    names = {  # a training job's name in the plan, by its rule
+        "train_batch": lambda w: f"{w.task}/{w.partition}/{w.method}",
+        "train_bundle": lambda w: f"bundle:{w.task}/{w.bundle}",
+        "train": lambda w: f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}",
+    }
+    jobs = {names[job.rule.name](job.wildcards) for job in workflow.dag.needrun_jobs()
+            if job.rule.name in names}
+    bundled = {c.run_id: BUNDLES[c.run_id] for c in CELLS if c.run_id in BUNDLES and bundling()}
+    cells = [c for c in grid.plan_cells(config, batched, bundled)
              if c[1] in jobs or os.path.isfile(f"results/runs/{c[0]}/final.json")]
+    # a ceiling: the estimate uses what the ledger shows running at once (fipa/progress.py)
     slots = workflow.cores // max(1, config["threads_per_job"]) if workflow.local_exec else workflow.nodes
     progress.write_plan("results/runs", cells, max(1, slots))
+
+
+FOLLOWER = []  # the ledger follower of a cluster run's submitting host, while it runs
+
+
+def follow_progress():
+    """On a cluster's submitting host, print each cell's status line as its end line reaches
+    the ledger (fipa.grid_status.Follower): the jobs print theirs into SLURM logs, which this
+    terminal never shows. A local run's jobs print to this terminal themselves: no follower."""
+    from fipa.grid_status import Follower
+
+    if not workflow.local_exec:
+        FOLLOWER.append(Follower("results/runs").start())
+
+
+def end_progress(status):
+    """Stop the follower (printing what it has not yet) and close the ledger's session."""
+    import fipa.progress as progress
+
+    for follower in FOLLOWER:
+        follower.stop()
+    if os.path.isfile(f"results/runs/{progress.PLAN}"):
+        progress.record_session_end("results/runs", status)
 
 
 def slurm_preflight():

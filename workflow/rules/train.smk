@@ -69,8 +69,31 @@ rule train_batch:
     params:
         cells=lambda w: spec_text(batch_manifest(w)),
         total=len(CELLS),
+        mode="",
     conda:
         CONDA_ENV
     shell:
         "fipa train-batch --cells {params.cells:q} --summary {output:q} --supersede --threads {threads}"
-        " --grid-total {params.total} --grid-root results/runs 2>> {log:q}"
+        " --grid-total {params.total} --grid-root results/runs {params.mode} 2>> {log:q}"
+
+
+# Short cells of batch: false tasks under a cluster executor (bundle_s, fipa.grid.bundles): one
+# job trains them one after another, each alone (--one-by-one: the numbers of `fipa train`),
+# paying the job's start-up once; each keeps its run directory, log, benchmark and resume point.
+use rule train_batch as train_bundle with:
+    input:
+        bundle_inputs,
+    output:
+        BUNDLE_FILE,
+    log:
+        "results/logs/train/{task}/bundles/{bundle}.log",
+    benchmark:
+        "results/benchmarks/bundles/{task}/{bundle}.tsv"
+    resources:
+        mem_mb=train_mem_mb,
+        runtime=bundle_runtime,
+        **train_resources(),
+    params:
+        cells=lambda w: spec_text(bundle_manifest(w)),
+        total=len(CELLS),
+        mode="--one-by-one",
