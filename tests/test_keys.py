@@ -92,7 +92,7 @@ STRICTER_IN_WORKFLOW = {
     "tasks.*.rounds": "a grid cell trains >= 1 round; `fipa partition`'s run configs use rounds 0",
     "tasks.*.warmup.rounds": "a warm-up trains >= 1 round",
 }
-WORKFLOW_ONLY = {"threads_per_job"}  # Snakemake's threads; the run config's threads has its own rule
+WORKFLOW_ONLY = {"threads_per_job", "bundle_s"}  # Snakemake's threads and cluster bundling: no run-config key
 
 
 def schema_bounds(node: Any, path: str = "") -> dict[str, dict[str, float]]:
