@@ -28,7 +28,7 @@ class Style:
 
 STYLES: dict[str, Style] = {
     "fedavg": Style("#0072b2", "o"),          # blue: the reference every claim compares with
-    "fedavg_tuned": Style("#0072b2", "o", "--"),  # FedAvg's blue, dashed: averaging at its best
+    "fedavg_tuned": Style("#332288", "s", "-."),  # indigo, dash-dot: averaging at its best
     "fedavgm": Style("#56b4e9", "v"),         # sky blue
     "fedadam": Style("#009e73", "^"),         # green
     "fedyogi": Style("#999933", "<"),         # olive (not red: reds are FIPA's)

@@ -873,6 +873,7 @@ class KnobPanel:
     values: list
     fipa: pd.DataFrame
     fedavg: pd.DataFrame
+    tuned: pd.DataFrame | None = None  # FedAvg with its tuned server step (TUNED_FEDAVG), where run
 
 
 def _split_text(g: pd.DataFrame, with_size: bool = True) -> str:
@@ -910,7 +911,9 @@ def ablation_panels(summary: pd.DataFrame, reference: pd.DataFrame | None = None
                 if len(knob_order(g[col])) < 2:
                     continue
                 key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
-                avg = t[(t["aggregator"] == "fedavg") & (t[list(key)] == pd.Series(key)).all(axis=1)]
+                same = (t[list(key)] == pd.Series(key)).all(axis=1)
+                avg = t[(t["aggregator"] == "fedavg") & same]
+                tuned = t[(t["aggregator"] == TUNED_FEDAVG) & same]
                 if avg.empty and ref is not None:
                     avg = ref[(ref["task"] == task) & (ref["aggregator"] == "fedavg")
                               & (ref[list(key)] == pd.Series(key)).all(axis=1)]
@@ -923,8 +926,11 @@ def ablation_panels(summary: pd.DataFrame, reference: pd.DataFrame | None = None
                 vals = knob_order(g[col])
                 fedavg_vals = (avg[col] if knob in PARTITION_KNOBS
                                else pd.Series(None, index=avg.index, dtype=object))
+                tuned_vals = (tuned[col] if knob in PARTITION_KNOBS
+                              else pd.Series(None, index=tuned.index, dtype=object))
                 found.append(KnobPanel(knob, task, title, g["primary_metric"].iloc[0], vals,
-                                       g.assign(value=g[col]), avg.assign(value=fedavg_vals)))
+                                       g.assign(value=g[col]), avg.assign(value=fedavg_vals),
+                                       tuned.assign(value=tuned_vals) if len(tuned) else None))
             if found:
                 panels += found
                 break

@@ -324,7 +324,8 @@ def knob_panel(ax, panel) -> None:
     """One ablation panel (a fipa.report.KnobPanel) on ``ax``: FIPA's final metric against the knob
     over seeds (dots = seeds; bars: mean +- sd, on a log axis geometric mean x/÷ geometric sd);
     diverged seeds are counted above the axis and never averaged (a knob value where every seed
-    diverged shows only the count and a cross on the top edge). FedAvg is the dashed reference: a
+    diverged shows only the count and a cross on the top edge). FedAvg is the dashed reference (and
+    FedAvg with its tuned server step, where the run has it, dash-dot): a
     line with its band where FedAvg does not depend on the knob (rho, rank), else bars at each
     value (clients, alpha)."""
     col = f"final_{panel.metric}"
@@ -350,11 +351,18 @@ def knob_panel(ax, panel) -> None:
                             transform=ax.get_xaxis_transform(), clip_on=False,
                             label="FIPA diverged (not averaged)"), "fipa")
     if ref["value"].notna().any():  # FedAvg changes with the knob (a property of the data split)
-        vals = [v for v in panel.values if len(at_value(ref, v))]
-        eb = _spread_bars(ax, [pos[v] for v in vals], [at_value(ref, v)[col] for v in vals], log,
-                          color=avg_color, ls="--", marker=palette.style("fedavg").marker,
-                          label=f"FedAvg: {spread}")
-        _tag([eb.lines[0], *eb.lines[1], *eb.lines[2]], "fedavg")
+        # FedAvg dashed as everywhere in these figures; its tuned server step (where run) in its own style
+        for name, runs_b, label, ls in (("fedavg", ref, "FedAvg", "--"),
+                                        ("fedavg_tuned", panel.tuned, "FedAvg, tuned server step", None)):
+            if runs_b is None:
+                continue
+            ok_b = runs_b[~runs_b["diverged"].astype(bool)]
+            vals = [v for v in panel.values if len(at_value(ok_b, v))]
+            st = palette.style(name)
+            eb = _spread_bars(ax, [pos[v] for v in vals], [at_value(ok_b, v)[col] for v in vals], log,
+                              color=st.color, ls=ls or st.linestyle, marker=st.marker,
+                              label=f"{label}: {spread}")
+            _tag([eb.lines[0], *eb.lines[1], *eb.lines[2]], name)
     elif len(ref):
         m, lo, hi = seed_spread(ref[col], log)
         _tag(ax.axhline(m, color=avg_color, ls="--", label=f"FedAvg: {spread} (band)"), "fedavg")

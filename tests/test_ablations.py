@@ -46,6 +46,9 @@ def write_run(root: Path, cell: grid.GridCell, resolved: dict, value: float, div
         d / "metrics.csv", index=False)
 
 
+VISION = ("abl_digits", "abl_mnist1d")  # the label-skew tasks: 5 seeds, FedAvg tuned beside FedAvg
+
+
 @pytest.fixture(scope="module")
 def grid_summary(tmp_path_factory) -> pd.DataFrame:
     """Every cell of config/ablations.yaml as a run whose config is the one `fipa train` resolves
@@ -57,30 +60,38 @@ def grid_summary(tmp_path_factory) -> pd.DataFrame:
     warm.touch()
     for i, cell in enumerate(grid.cells(config)):
         resolved = parse_run_config(grid.run_spec(config, cell, str(part), str(warm))).to_dict()
-        metric = "test_acc" if cell.task == "abl_digits" else "test_mse"
+        metric = "test_acc" if cell.task in VISION else "test_mse"
         write_run(root / "runs", cell, resolved, 0.5 + 0.01 * (i % 7), metric=metric)
     return report.attach_knobs(report.collect([root / "runs"]))
 
 
 def test_every_cell_and_warmup_of_the_ablation_config_is_a_valid_run(tmp_path):
     cells = parse_every_cell(load(ABLATIONS), tmp_path, "config/ablations.yaml")
-    # rho 6 + fedavg, x 2 partitions x 2 participations; rank 5 + fedavg; clients 4 x 2; alpha 4 x 2
-    assert len(cells) == 3 * (7 * 2 * 2 + 6 + 4 * 2 + 4 * 2)
+    # 3 seeds: rho 6 + fedavg, x 2 partitions x 2 participations; rank 5 + fedavg; clients 4 x 2;
+    # 5 seeds: alpha 4 x (fedavg, fedavg_tuned, fipa) on digits and on MNIST-1D
+    assert len(cells) == 3 * (7 * 2 * 2 + 6 + 4 * 2) + 5 * 2 * 4 * 3
 
 
 def test_ablation_tasks_share_the_default_configs_settings():
-    """Everything but the swept knob is config/config.yaml's regression_1d or digits task."""
+    """Everything but the swept knob is config/config.yaml's regression_1d, digits or mnist1d task."""
     abl, default = load(ABLATIONS), load(ROOT / "config" / "config.yaml")
     keys = ("task", "client", "rounds", "eval_every", "dtype")
+    bases = {"abl_digits": "digits", "abl_mnist1d": "mnist1d"}
     for name, t in abl["tasks"].items():
-        base = default["tasks"]["digits" if name == "abl_digits" else "regression_1d"]
+        base = default["tasks"][bases.get(name, "regression_1d")]
         assert {k: t[k] for k in keys} == {k: base[k] for k in keys}, name
-    assert abl["tasks"]["abl_digits"]["warmup"] == default["tasks"]["digits"]["warmup"]
-    assert abl["tasks"]["abl_digits"]["participation"] == default["tasks"]["digits"]["participation"]
-    def digits_fipa(c, task):
-        return {**c["aggregators"]["fipa"], **c["tasks"][task]["aggregator_overrides"]["fipa"]}
 
-    assert digits_fipa(abl, "abl_digits") == digits_fipa(default, "digits")
+    def with_override(c, task, agg):
+        return {**c["aggregators"][agg], **c["tasks"][task]["aggregator_overrides"][agg]}
+
+    for name, base in bases.items():
+        for key in ("warmup", "participation", "seeds"):
+            assert abl["tasks"][name][key] == default["tasks"][base][key], (name, key)
+        assert abl["tasks"][name].get("vectorize") == default["tasks"][base].get("vectorize"), name
+        for agg in ("fipa", "fedavg_tuned"):
+            assert with_override(abl, name, agg) == with_override(default, base, agg), (name, agg)
+        assert abl["client_methods"][abl["tasks"][name]["warmup"]["client_method"]] == \
+            default["client_methods"][default["tasks"][base]["warmup"]["client_method"]]
     assert abl["aggregators"]["fipa_adaptive"] == default["aggregators"]["fipa"]
 
 
@@ -101,10 +112,16 @@ def test_knob_values_come_from_the_resolved_configs(grid_summary):
                                          for s in ("domain4", "iid4")}
     assert [p.values for p in by_knob["rank"]] == [[1, 2, 5, 10, 20]]
     assert [p.values for p in by_knob["clients"]] == [[2, 4, 8, 16]]
-    assert [p.values for p in by_knob["alpha"]] == [[0.05, 0.1, 0.5, "iid"]]
-    for p in panels:  # 3 seeds at every value; FedAvg beside each panel
-        assert (p.fipa.groupby(p.fipa["value"].map(str)).size() == 3).all()
+    assert [p.values for p in by_knob["alpha"]] == [[0.05, 0.1, 0.5, "iid"]] * 2
+    assert [p.task for p in by_knob["alpha"]] == list(VISION)
+    for p in panels:  # 3 seeds (5 on the label-skew tasks) at every value; FedAvg beside each panel
+        seeds = 5 if p.task in VISION else 3
+        assert (p.fipa.groupby(p.fipa["value"].map(str)).size() == seeds).all()
         assert set(p.fedavg["aggregator"]) == {"fedavg"}
+        # FedAvg with its tuned server step beside it where the task runs it
+        assert (p.tuned is not None) == (p.task in VISION)
+        if p.tuned is not None:
+            assert set(p.tuned["aggregator"]) == {"fedavg_tuned"} and len(p.tuned) == 4 * 5
     # FedAvg is a reference line for FIPA's own knobs, a curve for properties of the split
     assert by_knob["rank"][0].fedavg["value"].isna().all() and len(by_knob["rank"][0].fedavg) == 3
     assert sorted(by_knob["clients"][0].fedavg["value"].unique()) == [2, 4, 8, 16]
@@ -193,12 +210,14 @@ def test_knob_figure_draws_fedavg_as_a_reference_line_and_seeds_as_error_bars(tm
 
 
 def test_a_split_knob_draws_fedavg_at_every_value(grid_summary):
-    (panel,) = [p for p in report.ablation_panels(grid_summary) if p.knob == "alpha"]
+    panel = next(p for p in report.ablation_panels(grid_summary) if p.knob == "alpha")
     fig = rp.knob_figure([panel], report.KNOB_LABELS["alpha"])
     ax = fig.axes[0]
     assert rp.check_colors(fig) == []
     (avg,) = [c for c in ax.containers if c.lines[0].get_gid() == "agg:fedavg"]
     assert avg.lines[0].get_linestyle() == "--" and len(avg.lines[0].get_xdata()) == 4
+    (tuned,) = [c for c in ax.containers if c.lines[0].get_gid() == "agg:fedavg_tuned"]
+    assert tuned.lines[0].get_linestyle() == "-." and len(tuned.lines[0].get_xdata()) == 4
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.05", "0.1", "0.5", "iid"]
 
 
