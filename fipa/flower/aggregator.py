@@ -206,9 +206,11 @@ class FlowerStrategy(Aggregator):
         self.strategy = build_strategy(params)
 
     def init_state(self, theta: torch.Tensor) -> State:
-        from fipa.flower.state import encode
-
-        return {ROUND: torch.tensor(0), **encode(self.strategy)}
+        # the round only: the strategy's attributes enter the state after its first round (their keys
+        # name their kinds, which change, e.g. m_t from None to a dict), and a checkpoint must hold
+        # every key of a fresh state (fipa/checkpoint.py); before round 1 the constructed strategy is
+        # exactly what decoding its encoding would give
+        return {ROUND: torch.tensor(0)}
 
     def step(self, theta: torch.Tensor, updates: list[ClientUpdate], state: State) -> torch.Tensor:
         from fipa.flower.state import PREFIX, decode, encode

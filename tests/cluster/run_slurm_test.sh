@@ -180,10 +180,12 @@ JobCompType=jobcomp/none
 GresTypes=gpu
 MinJobAge=300
 ReturnToService=2
-# twice the cores: the test's jobs mostly wait on Python start-up, and the failing-job
-# run shares the node with the main run (config_overrides: slurmd reports these values)
+# four times the cores: the test's jobs mostly wait on Python start-up, and three runs share the
+# node (the main run, the GPU case and the progress case); with twice the cores the progress
+# case's jobs could take the slots that the GPU case's two jobs need at once, and the GPU check
+# failed on a 2-core CI machine (config_overrides: slurmd reports these values)
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$((2 * $(nproc))) RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$((4 * $(nproc))) RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 # deliberately no default partition: a run that names none must say so
 PartitionName=$PARTITION Nodes=ALL Default=NO MaxTime=INFINITE State=UP
 EOF
