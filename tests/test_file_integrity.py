@@ -183,10 +183,16 @@ def test_a_bad_partition_file_is_refused_and_nothing_changes(runs, tmp_path, cap
     mutate(part)
     path = tmp_path / "partition.json"
     path.write_text(json.dumps(part))
+    assert_input_refused("partition_file", path, words, tmp_path, capsys)
+
+
+def assert_input_refused(key: str, path, words: str, tmp_path, capsys) -> None:
+    """A run naming ``path`` under ``key`` exits 2 with one line naming the key and ``words``; the
+    file is byte-identical afterwards and no run directory was made."""
     before = path.read_bytes()
-    assert train({**BASE, "partition_file": str(path)}, tmp_path / "run") == 2
+    assert train({**BASE, key: str(path)}, tmp_path / "run") == 2
     line = one_error_line(capsys)
-    assert words in line and "partition_file" in line, line
+    assert words in line and key in line, line
     assert path.read_bytes() == before and not (tmp_path / "run").exists()
 
 
@@ -216,11 +222,7 @@ def test_a_bad_warmup_state_is_refused_and_nothing_changes(runs, tmp_path, capsy
     mutate(warm)
     path = tmp_path / "state.pt"
     torch.save(warm, path)
-    before = path.read_bytes()
-    assert train({**BASE, "warmup_checkpoint": str(path)}, tmp_path / "run") == 2
-    line = one_error_line(capsys)
-    assert words in line and "warmup_checkpoint" in line, line
-    assert path.read_bytes() == before and not (tmp_path / "run").exists()
+    assert_input_refused("warmup_checkpoint", path, words, tmp_path, capsys)
 
 
 def test_warmup_files_without_a_model_fingerprint_still_load(runs, tmp_path):
