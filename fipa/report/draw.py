@@ -37,9 +37,11 @@ class Styles:
         self.references = set(reference_names(frame)) if "aggregator" in frame else set()
 
     def order(self, names) -> list[str]:
+        """``names`` in palette order, the reference last."""
         return palette.order(names, self.references)
 
     def style(self, aggregator: str) -> palette.Style:
+        """The palette style of ``aggregator`` (the reference style for a reference)."""
         return palette.style(aggregator, aggregator in self.references)
 
     def tag(self, artists, aggregator: str):
