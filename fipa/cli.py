@@ -242,7 +242,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from fipa.report_plots import figures
+    from fipa.report.plots import figures
 
     paths = figures(args.summary, args.outdir)
     for p in paths:

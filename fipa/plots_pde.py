@@ -19,6 +19,7 @@ from fipa.checkpoint import CHECKPOINT, read_checkpoint
 from fipa.config import RunConfig, parse_run_config
 from fipa.io import read_yaml
 from fipa.partition import grid_shape, make_partition
+from fipa.report.roles import REFERENCE, role_of
 from fipa.simulate import Simulation
 
 
@@ -40,6 +41,7 @@ class RunSolution:
     round: int
     coords: np.ndarray  # training points [n, d]
     owner: np.ndarray  # client of each training point [n]
+    reference: bool = False  # the run's role (final.json) is the reference: drawn in its style
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -60,6 +62,12 @@ def run_config(run_dir: str | Path) -> RunConfig:
         raise FileNotFoundError(f"{run_dir}: neither final.json nor run.yaml; is this a run directory?")
     raw = {k: v for k, v in raw.items() if k not in ("partition_file", "warmup_checkpoint")}
     return parse_run_config(raw, source=str(source))
+
+
+def is_reference_run(run_dir: str | Path) -> bool:
+    """Whether the run's final.json records the reference role (a run without one is federated)."""
+    final = Path(run_dir) / "final.json"
+    return final.is_file() and role_of(json.loads(final.read_text())) == REFERENCE
 
 
 def load_solution(run_dir: str | Path, label: str | None = None) -> RunSolution:
@@ -83,7 +91,7 @@ def load_solution(run_dir: str | Path, label: str | None = None) -> RunSolution:
     return RunSolution(
         label=label or cfg.labels.get("aggregator", cfg.aggregator.name), cfg=cfg, X=X, u_pred=u_pred,
         u_ref=u_ref, err=err, rel_l2=float(np.linalg.norm(u_pred - u_ref) / np.linalg.norm(u_ref)),
-        round=int(state["round"]), coords=pin.coords, owner=owner,
+        round=int(state["round"]), coords=pin.coords, owner=owner, reference=is_reference_run(run_dir),
     )
 
 
@@ -179,7 +187,7 @@ def _line_figure(sols, first, edges):
     colour; cell boundaries as vertical lines; the legend right of the panels."""
     from matplotlib.figure import Figure
 
-    from fipa.palette import color
+    from fipa.palette import color, gid
 
     x = first.X[..., 0]
     fig = Figure(figsize=(8.5, 6))
@@ -187,7 +195,7 @@ def _line_figure(sols, first, edges):
     axs[0].plot(x, first.u_ref, color="0.2", ls="--", lw=2, label="reference")
     for label, s in sols.items():
         agg = _aggregator(s)
-        kw = {"lw": 1.5, "color": color(agg), "gid": f"agg:{agg}"}
+        kw = {"lw": 1.5, "color": color(agg, s.reference), "gid": gid(agg, s.reference)}
         axs[0].plot(x, s.u_pred, label=f"{label} ({s.rel_l2:.3g})", **kw)
         axs[1].semilogy(x, np.maximum(s.err, 1e-16), label=label, **kw)
     for ax in axs:

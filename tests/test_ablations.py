@@ -14,8 +14,8 @@ import yaml
 from matplotlib.colors import to_hex
 
 from fipa import grid, palette, report
-from fipa import report_plots as rp
 from fipa.config import parse_run_config
+from fipa.report import draw, knob_plots, plots
 from tests.helpers import parse_every_cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,9 +172,9 @@ def synthetic_rho_panel(tmp_path: Path) -> report.KnobPanel:
 def test_knob_figure_draws_fedavg_as_a_reference_line_and_seeds_as_error_bars(tmp_path):
     panel = synthetic_rho_panel(tmp_path)
     assert panel.knob == "rho" and panel.values == [0.0, 1e-4, "adaptive"]
-    fig = rp.knob_figure([panel], report.KNOB_LABELS["rho"])
+    fig = knob_plots.knob_figure([panel], report.KNOB_LABELS["rho"])
     (ax,) = [a for a in fig.axes if a.get_visible() and a.get_title()]
-    assert rp.check_colors(fig) == []
+    assert draw.check_colors(fig) == []
     # on the log axis of an error: geometric mean x/÷ geometric sd over seeds
     def spread(v):
         lv = np.log(v)
@@ -211,9 +211,9 @@ def test_knob_figure_draws_fedavg_as_a_reference_line_and_seeds_as_error_bars(tm
 
 def test_a_split_knob_draws_fedavg_at_every_value(grid_summary):
     panel = next(p for p in report.ablation_panels(grid_summary) if p.knob == "alpha")
-    fig = rp.knob_figure([panel], report.KNOB_LABELS["alpha"])
+    fig = knob_plots.knob_figure([panel], report.KNOB_LABELS["alpha"])
     ax = fig.axes[0]
-    assert rp.check_colors(fig) == []
+    assert draw.check_colors(fig) == []
     (avg,) = [c for c in ax.containers if c.lines[0].get_gid() == "agg:fedavg"]
     assert avg.lines[0].get_linestyle() == "--" and len(avg.lines[0].get_xdata()) == 4
     (tuned,) = [c for c in ax.containers if c.lines[0].get_gid() == "agg:fedavg_tuned"]
@@ -224,7 +224,7 @@ def test_a_split_knob_draws_fedavg_at_every_value(grid_summary):
 def test_figures_writes_knob_figures_for_an_ablation_run_only(grid_summary, tmp_path):
     small = grid_summary[grid_summary["task"].isin(["abl_rank", "abl_clients"])]
     small.to_csv(tmp_path / "summary.csv", index=False)
-    names = {p.name for p in rp.figures(tmp_path / "summary.csv", tmp_path / "figs")}
+    names = {p.name for p in plots.figures(tmp_path / "summary.csv", tmp_path / "figs")}
     assert {"knob_rank.png", "knob_clients.png", "knob_rank.pdf"} <= names
     assert not {n for n in names if n.startswith("knob_rho")}
 

@@ -99,3 +99,21 @@ def test_cell_edges_follow_the_domain_split():
     edges = cell_edges(cfg("burgers", axis=0, pieces=2), [(-1.0, 1.0), (0.0, 1.0)])
     np.testing.assert_allclose(edges[0], np.linspace(-1, 1, 9)[1:-1])
     assert list(edges) == [0]
+
+
+def test_a_reference_run_is_drawn_in_the_reference_style(tmp_path):
+    """The role recorded in final.json, not the run's label, picks the style of its lines."""
+    from fipa import palette
+    from fipa.plots_pde import _line_figure
+    from fipa.report import draw
+
+    a, _ = make_run(tmp_path, "fedavg", "poisson1d", {"name": "fedavg"})
+    b, _ = make_run(tmp_path, "oracle", "poisson1d", {"name": "fedavg"})
+    final = json.loads((b / "final.json").read_text())
+    (b / "final.json").write_text(json.dumps({**final, "role": "reference"}))
+    sols = solution_arrays({"FedAvg": a, "oracle": b})
+    assert not sols["FedAvg"].reference and sols["oracle"].reference
+    fig = _line_figure(sols, sols["FedAvg"], {})
+    drawn = draw.figure_colors(fig)
+    assert drawn == {"fedavg": {palette.color("fedavg")}, "oracle": {palette.REFERENCE.color}}
+    assert draw.check_colors(fig) == []

@@ -17,7 +17,8 @@ import pytest
 from scipy import stats
 
 from fipa import palette, report
-from fipa import report_plots as rp
+from fipa.errors import ConfigError
+from fipa.report import draw, plots
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -56,12 +57,12 @@ def test_verdict_rules(lo, hi, n, margin, div, want):
 
 
 def row(task, agg, seed, value, family="regression", metric="test_mse", method="local", diverged=False,
-        rank=10, uplink=1000, P=100, partition="p", rho=1e-4):
+        rank=10, uplink=1000, P=100, partition="p", rho=1e-4, role=report.FEDERATED):
     return {"task": task, "partition": partition, "client_method": method, "aggregator": agg, "seed": seed,
             "task_family": family, "primary_metric": metric, f"final_{metric}": value, "diverged": diverged,
             "agg_kind": agg.split("_")[0] if agg.startswith("fipa") else agg, "rank": rank, "rho": rho,
             "server_lr": 1.0, "complement": "fedavg", "damping": "fixed", "curvature_at": "broadcast",
-            "curvature_samples": None, "num_params": P, "uplink_bytes_total": uplink}
+            "curvature_samples": None, "num_params": P, "uplink_bytes_total": uplink, "role": role}
 
 
 FEDAVG = [1.0, 2.0, 4.0]
@@ -76,7 +77,7 @@ def synthetic() -> pd.DataFrame:
     for s in range(3):
         rows += [row("reg", "fedavg", s, FEDAVG[s], uplink=800),
                  row("reg", "fipa", s, FIPA[s], uplink=800 * 11.01),
-                 row("reg", "centralized", s, 5.0, uplink=0),
+                 row("reg", "centralized", s, 5.0, uplink=0, role=report.REFERENCE),
                  row("reg", "fipa_rho1e-3", s, 0.5, diverged=s == 1, rho=1e-3),
                  row("reg", "fipa_r2", s, FIPA[s] * 1.1, rank=2)]
         rows += [row("pde_a", "fedavg", s, PDE_FEDAVG[s], "pde", "rel_l2"),
@@ -175,7 +176,7 @@ def test_pivot_leaves_diverged_runs_out_and_marks_the_best():
 
 def test_health_flags_from_metrics_and_finals():
     s = synthetic()
-    curves = pd.DataFrame([{**{k: r[k] for k in report.ID_COLUMNS}, "round": rnd, "test_mse": v}
+    curves = pd.DataFrame([{**{k: r[k] for k in [*report.ID_COLUMNS, "role"]}, "round": rnd, "test_mse": v}
                            for _, r in s[s["task"] == "reg"].iterrows()
                            for rnd, v in ((0, 0.2), (5, r["final_test_mse"]))])
     flags = report.health_flags(s, curves)
@@ -184,6 +185,71 @@ def test_health_flags_from_metrics_and_finals():
     assert kinds["worse_than_start"] == {"fedavg", "fipa_rho1e-3", "centralized", "fipa", "fipa_r2"}
     assert kinds["centralized_worse"] == {"centralized"}  # 5.0 against fedavg's 2.3 and FIPA's 0.2
     assert set(flags.loc[flags["kind"] == "unlearned", "task"]) == {"pde_b"}
+
+
+def test_the_reference_is_read_from_the_role_not_the_name():
+    """A reference run under another label is last, never best, and flagged when federated runs
+    beat it; a federated run labelled "centralized" is an ordinary competitor."""
+    s = synthetic()
+    s = s[s["task"] == "reg"].assign(aggregator=lambda d: d["aggregator"].replace("centralized", "oracle"))
+    flags = report.health_flags(s, pd.DataFrame())
+    (ref,) = flags[flags["kind"] == "centralized_worse"].itertuples()
+    assert ref.aggregator == "oracle" and ref.detail.startswith("the oracle reference (5)")
+    text, best = report.pivot(s, flags)
+    assert list(text.index)[-1] == "oracle" and best.loc["fipa"].all() and not best.loc["oracle"].any()
+    # the reference with the lowest error is still not the best federated mean
+    low = s.assign(final_test_mse=s["final_test_mse"].where(s["aggregator"] != "oracle", 0.01))
+    final = report.final_table(low).set_index("aggregator")
+    assert final.at["fipa", "best"] and not final.at["oracle", "best"]
+    assert report.health_flags(low, pd.DataFrame()).query("kind == 'centralized_worse'").empty
+    # the same runs with every role federated: "oracle" (0.01) is now the best mean
+    fed = low.assign(role=report.FEDERATED)
+    assert report.final_table(fed).set_index("aggregator").at["oracle", "best"]
+    assert list(report.pivot(fed)[0].index)[-1] != "oracle"
+    styled = report.styled_pivot(*report.pivot(s, flags), references=report.reference_names(s)).to_html()
+    assert "font-style: italic" in styled
+
+
+def _final_json(d: Path, task: str, agg: str, metric: str, **extra) -> Path:
+    """A run directory with the final.json keys `fipa collect` reads."""
+    d.mkdir(parents=True)
+    (d / "final.json").write_text(json.dumps({
+        "task": task, "partition": "p", "client_method": "local", "aggregator": agg, "seed": 0,
+        "rounds_completed": 1, "diverged": False, "primary_metric": metric, "final": {metric: 0.5},
+        "best": {metric: 0.5}, "uplink_bytes_total": 0, "wall_s": 1.0, "num_params": 3, **extra}))
+    return d
+
+
+def test_collect_copies_the_role_into_the_last_column(tmp_path):
+    """``role`` comes after every other column (the metric columns of every task included), so a
+    summary keeps its columns byte for byte; a run written before roles existed is federated."""
+    _final_json(tmp_path / "a", "reg", "centralized", "test_mse", role=report.REFERENCE)
+    _final_json(tmp_path / "b", "reg", "fedavg", "test_mse", role=report.FEDERATED)
+    _final_json(tmp_path / "c", "vis", "fedavg", "test_acc")  # an older run directory: no role
+    s = report.collect([tmp_path], tmp_path / "summary.csv")
+    assert list(s.columns)[-1] == "role" and list(s.columns).index("final_test_acc") < len(s.columns) - 1
+    assert dict(zip(s["aggregator"] + "/" + s["task"], s["role"], strict=True)) == {
+        "centralized/reg": "reference", "fedavg/reg": "federated", "fedavg/vis": "federated"}
+    assert pd.read_csv(tmp_path / "summary.csv").columns[-1] == "role"
+    assert report.reference_names(s) == ["centralized"]
+    assert report.reference_names(s.drop(columns="role")) == []  # a summary.csv from before roles
+    _final_json(tmp_path / "bad" / "d", "reg", "fipa", "test_mse", role="oracle")
+    with pytest.raises(ConfigError, match="role is 'oracle'"):
+        report.collect([tmp_path / "bad"])
+
+
+def test_each_claim_evaluates_itself_on_the_aggregators_it_names():
+    """The claims table is a loop over claims; a claim compares the aggregators it carries."""
+    s = synthetic()
+    own = report.PairedClaim("rank", "rank 2 is as good as rank 10", ("regression",), subject="fipa_r2",
+                             baseline="fipa", subject_text="rank 2")
+    table = report.claims_table(s, claims=(own,))
+    lr = np.log(np.array(FIPA) * 1.1 / np.array(FIPA))
+    assert table["claim"].tolist() == [own.text]
+    assert table.at[0, "ratio"] == pytest.approx(math.exp(lr.mean()))
+    assert table.at[0, "estimate"].startswith("rank 2 / fipa error: ")
+    assert report.claims_table(s).equals(pd.DataFrame(
+        [r for c in report.CLAIMS for r in c.rows(s)], columns=report.claims_table(s).columns))
 
 
 def test_median_seed_is_the_middle_run(tmp_path):
@@ -206,9 +272,9 @@ def test_palette_is_fixed_and_distinguishes_fipa_variants():
     from matplotlib.colors import to_rgb
 
     names = ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "diag_fisher", "fipa", "fipa_rho1e-3",
-             "fipa_fixed", "fipa_adaptive", "fipa_pinv", "centralized"]
-    cols = [palette.color(n) for n in names]
-    assert len(set(cols)) == len(names)
+             "fipa_fixed", "fipa_adaptive", "fipa_pinv"]
+    cols = [palette.color(n) for n in names] + [palette.color("centralized", reference=True)]
+    assert len(set(cols)) == len(names) + 1
     styles = {(palette.style(n).marker, palette.style(n).linestyle) for n in names if n.startswith("fipa")}
     assert len(styles) == 5  # no two FIPA variants share marker and dashes
     rgb = {n: np.array(to_rgb(palette.color(n))) for n in names}
@@ -217,30 +283,63 @@ def test_palette_is_fixed_and_distinguishes_fipa_variants():
             if a != b:
                 assert np.abs(rgb[a] - rgb[b]).sum() > 0.3, (a, b)
     assert palette.color("fipa_new_variant") == palette.color("fipa_new_variant")  # stable for new names
-    assert palette.order(["fipa", "centralized", "fedyogi", "fedavg"]) == ["fedavg", "fedyogi", "fipa",
-                                                                            "centralized"]
+    assert palette.order(["fipa", "centralized", "fedyogi", "fedavg"], references={"centralized"}) == [
+        "fedavg", "fedyogi", "fipa", "centralized"]
+
+
+def test_the_reference_style_follows_the_role_not_the_name():
+    """Any aggregator whose runs are the reference is drawn in the one reference style and
+    ordered last; a federated run named "centralized" is an ordinary aggregator."""
+    assert palette.style("oracle", reference=True) == palette.style("centralized", reference=True) == \
+        palette.REFERENCE
+    assert palette.style("centralized") != palette.REFERENCE
+    assert palette.order(["oracle", "fipa", "fedavg"], references=["oracle"]) == ["fedavg", "fipa", "oracle"]
+    assert palette.parse_gid(palette.gid("oracle", reference=True)) == ("oracle", True)
+    assert palette.parse_gid(palette.gid("fipa")) == ("fipa", False) and palette.parse_gid("other") is None
+
+
+def test_an_unknown_aggregator_gets_a_default_style_with_no_palette_edit():
+    """A new built-in aggregator (a name the palette has never seen) is drawn, checked and
+    ordered among the baselines: a stable pool style, not the reference's, not an error."""
+    name = "fedmedian"
+    assert name not in palette.STYLES
+    st = palette.style(name)
+    assert st == palette.style(name) and st != palette.REFERENCE and st.color.startswith("#")
+    assert palette.order(["fipa", name, "fedavg"]) == ["fedavg", name, "fipa"]
+    s = synthetic().query("task == 'reg' and aggregator in ['fedavg', 'fipa']").assign(wall_s=1.0)
+    s = pd.concat([s, s[s["aggregator"] == "fedavg"].assign(aggregator=name)], ignore_index=True)
+    fig = plots.final_figure(s, "test_mse", "t")
+    assert draw.check_colors(fig) == [] and draw.figure_colors(fig)[name] == {st.color}
+
+
+def _reg_curves(reg: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame([{**{k: r[k] for k in [*report.ID_COLUMNS, "role"]}, "round": rnd,
+                          "test_mse": v * (2 - rnd / 5), "uplink_bytes_total": rnd * 100}
+                         for _, r in reg.iterrows()
+                         for rnd, v in ((0, r["final_test_mse"]), (5, r["final_test_mse"]))])
 
 
 def test_every_figure_draws_each_aggregator_in_its_palette_colour():
     s = synthetic().assign(wall_s=1.0)
     reg = s[s["task"] == "reg"]
-    curves = pd.DataFrame([{**{k: r[k] for k in report.ID_COLUMNS}, "round": rnd,
-                            "test_mse": v * (2 - rnd / 5), "uplink_bytes_total": rnd * 100}
-                           for _, r in reg.iterrows()
-                           for rnd, v in ((0, r["final_test_mse"]), (5, r["final_test_mse"]))])
-    figs = [rp.convergence_figure(curves, "test_mse", "t"), rp.final_figure(reg, "test_mse", "t"),
-            rp.cost_figure(curves, reg, "test_mse", "t"), rp.forest_figure(s, ["fipa", "fipa_rho1e-3"])]
+    refs = set(report.reference_names(reg))
+    curves = _reg_curves(reg)
+    figs = [plots.convergence_figure(curves, "test_mse", "t"), plots.final_figure(reg, "test_mse", "t"),
+            plots.cost_figure(curves, reg, "test_mse", "t"), plots.forest_figure(s, ["fipa", "fipa_rho1e-3"])]
     sweep = [h for _, knob, h in report.sweeps(reg) if knob == "rank"][0]
-    figs.append(rp.sweep_figure(sweep, "rank", reg[reg["aggregator"] == "fedavg"], "test_mse", "t"))
+    figs.append(plots.sweep_figure(sweep, "rank", reg[reg["aggregator"] == "fedavg"], "test_mse", "t"))
     for fig in figs:
-        drawn = rp.figure_colors(fig)
-        assert drawn and rp.check_colors(fig) == []
-        assert all(cs == {palette.color(a)} for a, cs in drawn.items())
-    assert set(rp.figure_colors(figs[0])) == set(reg["aggregator"])
+        drawn = draw.figure_colors(fig)
+        assert drawn and draw.check_colors(fig) == []
+        assert all(cs == {palette.color(a, a in refs)} for a, cs in drawn.items())
+    assert set(draw.figure_colors(figs[0])) == set(reg["aggregator"])
+    assert draw.figure_colors(figs[0])["centralized"] == {palette.REFERENCE.color}
+    # the reference communicates nothing: the cost figure's uplink panel leaves it out
+    assert "centralized" not in {t.get_text() for t in figs[2].legends[0].get_texts()}
     # a figure that breaks the palette is caught
     ax = figs[1].axes[0]
     ax.plot([0, 1], [1, 2], color="#123456", gid="agg:fipa")
-    assert rp.check_colors(figs[1]) and "fipa" in rp.check_colors(figs[1])[0]
+    assert draw.check_colors(figs[1]) and "fipa" in draw.check_colors(figs[1])[0]
 
 
 def test_library_never_switches_the_matplotlib_backend():
@@ -256,7 +355,7 @@ def test_check_executed_flags_stderr_and_empty_figures():
     fig = new_code_cell("show()", metadata={"tags": ["figure"]})
     skipped = new_code_cell("skip()", metadata={"tags": ["figure"]},
                             outputs=[new_output("display_data", {"text/markdown": "*none*"},
-                                                metadata={rp.SKIP_KEY: True})])
+                                                metadata={draw.SKIP_KEY: True})])
     noisy = new_code_cell("import deepxde",
                           outputs=[new_output("stream", name="stderr", text="Using backend")])
     problems = report.check_executed(nbformat.from_dict(new_notebook(cells=[fig, skipped, noisy])))
