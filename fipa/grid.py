@@ -1,6 +1,7 @@
 """Expand a workflow config (config/config.yaml) into per-job run configs.
 
-The workflow grid is task x partition x client method x aggregator x seed. Each cell's
+The workflow grid is task x partition x client method x aggregator x seed, plus a task's
+reference run (``reference: centralized``) per partition x client method x seed. Each cell's
 run config is a plain dict that ``fipa train`` validates; nothing here imports Snakemake.
 """
 

@@ -202,7 +202,7 @@ def test_workflow_runs_plugin_task_and_aggregators(tmp_path):
     shutil.copytree(ROOT / ".test" / "config", tmp_path / "config")
     write_plugin(tmp_path / "plugins")
     cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
-    cfg.update(seeds=[0], plugins=["plugins/toyplug.py", str(FEDMEDIAN)])
+    cfg.update(seeds=[0], plugins=["plugins/toyplug.py", str(FEDMEDIAN)], reference=None)
     cfg["aggregators"] = {"fedavg": {"name": "fedavg"}, "toy_mean": {"name": "toy_mean"},
                           "fedmedian": {"name": "fedmedian", "server_lr": 1.0}}
     run = toy_run("fedavg", [])
