@@ -11,6 +11,7 @@ help:
 	@echo "make reproduce   set up .venv, then run the default reproduction (config/config.yaml)"
 	@echo "make ablations   set up .venv, then run the FIPA ablations (config/ablations.yaml) into results/ablations/"
 	@echo "make test        set up .venv, then run the test suite and ruff"
+	@echo "make lint        ruff on the package, tests, benchmarks and examples"
 	@echo "make test-slow   also run the slow paper-scale tests"
 	@echo "make test-cluster  run the workflow on a throw-away single-node SLURM (root; about 7 min)"
 	@echo "make dry-run     list the jobs the default reproduction would run"
@@ -49,6 +50,9 @@ dry-run: $(STAMP)
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
 	$(BIN)/ruff check .
+
+lint: $(STAMP)
+	$(BIN)/ruff check fipa tests benchmarks examples
 
 # the key tables between <!-- keys: ... --> markers come from the fields' key(...) docs and bounds
 docs: $(STAMP)

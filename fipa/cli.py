@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from fipa import paths
 from fipa.errors import ConfigError, FipaError
 
 STARTED = time.time()  # process start, near enough: a grid job's cost includes its imports and set-up
@@ -306,12 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
         return add_parser(name, description=kw.get("help"), formatter_class=_DefaultsShown, **kw)
 
     sub.add_parser = with_defaults  # type: ignore[method-assign]
+    for add in (_add_list, _add_partition, _add_train, _add_train_batch, _add_status, _add_outputs,
+                _add_data):
+        add(sub)
+    return p
 
+
+def _add_list(sub) -> None:
     s = sub.add_parser("list", help="every registered aggregator, client method, task, scheme")
     s.add_argument("--plugins", nargs="+", default=[], metavar="MODULE",
                    help="also import these plugins (module names or .py files, as a config's `plugins`)")
     s.set_defaults(func=cmd_list)
 
+
+def _add_partition(sub) -> None:
     s = sub.add_parser("partition", help="split a task's training data among clients")
     _add_config_args(s, "task, partition, seed used")
     s.add_argument("-o", "--output", required=True, help="partition JSON to write")
@@ -321,23 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "then name the files with a {seed} placeholder")
     s.set_defaults(func=cmd_partition)
 
+
+def _add_job_args(s: argparse.ArgumentParser, grid_what: str) -> None:
+    """The options ``train`` and ``train-batch`` share: threads, quiet, and the grid's ledger."""
+    s.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: the config's threads key, auto = 1 for small models, "
+                        "every core for large ones; fipa/threads.py)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
+    s.add_argument("--grid-total", type=int, default=0,
+                   help=f"jobs in the whole grid: {grid_what} with an estimate of what remains")
+    s.add_argument("--grid-root", default=paths.RUNS, help="where the grid's run directories live")
+
+
+def _add_train(sub) -> None:
     s = sub.add_parser("train", help="run one job; resumes if OUTPUT holds a checkpoint")
     _add_config_args(s, "one job")
     s.add_argument("-o", "--output", required=True, help="run directory")
     s.add_argument("--supersede", action="store_true",
                    help="if OUTPUT holds a checkpoint of another config, move it to OUTPUT/superseded/ "
                         "and start afresh (default: refuse)")
-    s.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: the config's threads key, auto = 1 for small models, "
-                        "every core for large ones; fipa/threads.py)")
     s.add_argument("--label", default=None, help="prefix of progress lines")
-    s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
     s.add_argument("--log", default=None, help="append progress lines to this file instead of stdout")
-    s.add_argument("--grid-total", type=int, default=0,
-                   help="jobs in the whole grid: print one status line with an estimate of what remains")
-    s.add_argument("--grid-root", default="results/runs", help="where the grid's run directories live")
+    _add_job_args(s, "print one status line")
     s.set_defaults(func=cmd_train)
 
+
+def _add_train_batch(sub) -> None:
     s = sub.add_parser("train-batch", help="run several jobs (grid cells) in one process, each with its "
                        "own run directory, log and benchmark record")
     s.add_argument("manifest", nargs="?", default=None,
@@ -347,49 +365,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cells", default=None,
                    help="the manifest's content itself, as one JSON string (a list of cells)")
     s.add_argument("--supersede", action="store_true", help="as for train, per cell")
-    s.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: the config's threads key, auto = 1 for small models, "
-                        "every core for large ones; fipa/threads.py)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no per-evaluation progress lines")
     s.add_argument("--summary", default=None,
                    help="when every cell succeeded, write their outcomes here (JSON, the batch's record)")
     s.add_argument("--one-by-one", action="store_true",
                    help="train the cells one after another, each alone (the numbers of `fipa train` bit "
                         "for bit), instead of in lockstep")
-    s.add_argument("--grid-total", type=int, default=0,
-                   help="jobs in the whole grid: one status line per cell with an estimate of what remains")
-    s.add_argument("--grid-root", default="results/runs", help="where the grid's run directories live")
+    _add_job_args(s, "one status line per cell")
     s.set_defaults(func=cmd_train_batch)
 
+
+def _add_status(sub) -> None:
     s = sub.add_parser("status", help="cells done, running, queued and failed, and the time left, of the "
                        "grid that runs (or ran) in a results directory, locally or on a cluster")
-    s.add_argument("results", nargs="?", default="results",
+    s.add_argument("results", nargs="?", default=paths.RESULTS,
                    help="results directory (or its runs/ folder) with .grid-plan.json, .grid-ledger.jsonl")
     s.add_argument("--watch", type=_positive_float, nargs="?", const=10.0, default=None, metavar="SECONDS",
                    help="print the status again every SECONDS (10 if not given) until the grid is finished "
                         "or Ctrl-C")
     s.set_defaults(func=cmd_status)
 
+
+def _add_outputs(sub) -> None:
+    """collect, figures, report: the results tree's summary, figures and executed notebook."""
     s = sub.add_parser("collect", help="all run dirs -> summary.csv")
-    s.add_argument("runs", nargs="*", default=["results/runs"],
+    s.add_argument("runs", nargs="*", default=[paths.RUNS],
                    help="run directories, or roots searched for final.json")
-    s.add_argument("-o", "--output", default="results/summary.csv", help="summary table to write (CSV)")
+    s.add_argument("-o", "--output", default=paths.SUMMARY, help="summary table to write (CSV)")
     s.add_argument("--superseded", action="store_true",
                    help="also collect runs kept aside in superseded/ folders (earlier configs)")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("figures", help="convergence and summary figures")
-    s.add_argument("--summary", default="results/summary.csv", help="summary table from `fipa collect`")
-    s.add_argument("-o", "--outdir", default="results/figures", help="folder for the PNG and PDF figures")
+    s.add_argument("--summary", default=paths.SUMMARY, help="summary table from `fipa collect`")
+    s.add_argument("-o", "--outdir", default=paths.FIGURES, help="folder for the PNG and PDF figures")
     s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("report", help="execute the report notebook (papermill) and export HTML")
     s.add_argument("--notebook", default="notebooks/report.ipynb", help="the parameterized report notebook")
-    s.add_argument("--results", default="results", help="results directory the notebook reads")
-    s.add_argument("-o", "--output", default="results/report.ipynb", help="executed notebook to write")
-    s.add_argument("--html", default="results/report.html", help="HTML export of the executed notebook")
+    s.add_argument("--results", default=paths.RESULTS, help="results directory the notebook reads")
+    s.add_argument("-o", "--output", default=paths.REPORT_NOTEBOOK, help="executed notebook to write")
+    s.add_argument("--html", default=paths.REPORT_HTML, help="HTML export of the executed notebook")
     s.set_defaults(func=cmd_report)
 
+
+def _add_data(sub) -> None:
+    """download, prepare, export-warmup: data sets and warm-up states."""
     s = sub.add_parser("download", help="fetch a vision data set (needs the internet)")
     s.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet", "tiny-imagenet"],
                    help="the data set to fetch")
@@ -406,7 +426,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="run directory holding checkpoint.pt")
     s.add_argument("-o", "--output", default="state.pt", help="file for warmup_checkpoint")
     s.set_defaults(func=cmd_export_warmup)
-    return p
 
 
 def _positive_int(text: str) -> int:

@@ -1,6 +1,7 @@
 """Expand a workflow config (config/config.yaml) into per-job run configs.
 
-The workflow grid is task x partition x client method x aggregator x seed. Each cell's
+The workflow grid is task x partition x client method x aggregator x seed, plus a task's
+reference run (``reference: centralized``) per partition x client method x seed. Each cell's
 run config is a plain dict that ``fipa train`` validates; nothing here imports Snakemake.
 """
 
@@ -11,13 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fipa import paths
+
 TASK_RUN_KEYS = ("rounds", "eval_every", "checkpoint_every", "participation", "dtype", "device",
                  "vectorize")
 
 
 @dataclass(frozen=True)
 class GridCell:
-    """One training job of the grid."""
+    """One training job of the grid (a reference run's ``aggregator`` is the reference's name)."""
 
     task: str
     partition: str
@@ -27,7 +30,7 @@ class GridCell:
 
     @property
     def run_id(self) -> str:
-        return f"{self.task}/{self.partition}/{self.method}/{self.aggregator}/seed{self.seed}"
+        return paths.run_id(self.task, self.partition, self.method, self.aggregator, self.seed)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
@@ -60,14 +63,29 @@ def method_aggregators(config: dict[str, Any], task: str, method: str) -> list[s
     return list(own) if own is not None else _selected(t, "aggregators", list(config["aggregators"]))
 
 
+def reference(config: dict[str, Any], task: str) -> str | None:
+    """The reference regime ``task`` runs beside its aggregators (``centralized``), or None: the
+    task's ``reference`` key where it has one (null: none), else the top-level default."""
+    t = config["tasks"][task]
+    return t["reference"] if "reference" in t else config.get("reference")
+
+
+def is_reference(config: dict[str, Any], cell: GridCell) -> bool:
+    """Whether ``cell`` is its task's reference run (its aggregator label names the reference)."""
+    return cell.aggregator == reference(config, cell.task)
+
+
 def cells(config: dict[str, Any]) -> list[GridCell]:
-    """Every job of the grid, in a stable order."""
+    """Every job of the grid, in a stable order: per task, partition and client method, each
+    aggregator's cells, then the reference's (one per seed, under every client method)."""
     out = []
     for tname, t in config["tasks"].items():
         methods = _selected(t, "client_methods", list(config["client_methods"]))
+        ref = reference(config, tname)
         for pname in t["partitions"]:
             for method in methods:
-                for agg in method_aggregators(config, tname, method):
+                labels = method_aggregators(config, tname, method) + ([ref] if ref else [])
+                for agg in labels:
                     for seed in task_seeds(config, tname):
                         out.append(GridCell(tname, pname, method, agg, int(seed)))
     return out
@@ -103,16 +121,21 @@ def warmup_spec(config: dict[str, Any], task: str, partition: str, seed: int,
 
 
 def warmup_file(task: str, partition: str, seed: int) -> str:
-    return f"results/warmup/{task}/{partition}/seed{seed}/state.pt"
+    """The warm-up state every refinement cell of (task, partition, seed) starts from."""
+    return paths.warmup_state(task, partition, seed)
 
 
 def run_spec(config: dict[str, Any], cell: GridCell, partition_file: str,
              warmup_file: str | None = None) -> dict[str, Any]:
-    """The full run config of one cell, with the partition file (and warm-up state) it starts from."""
+    """The full run config of one cell, with the partition file (and warm-up state) it starts from.
+
+    A reference cell runs the regime its ``reference`` key names (fipa/config.py) with FedAvg's
+    entry, no aggregator of the config; its label stays the reference's name."""
     t = config["tasks"][cell.task]
     client = _merge(t.get("client", {}), config["client_methods"][cell.method])
-    aggregator = _merge(config["aggregators"][cell.aggregator],
-                        t.get("aggregator_overrides", {}).get(cell.aggregator))
+    ref = is_reference(config, cell)
+    aggregator = {"name": "fedavg"} if ref else _merge(
+        config["aggregators"][cell.aggregator], t.get("aggregator_overrides", {}).get(cell.aggregator))
     spec = {
         "task": copy.deepcopy(t["task"]),
         "partition": copy.deepcopy(t["partitions"][cell.partition]),
@@ -123,10 +146,28 @@ def run_spec(config: dict[str, Any], cell: GridCell, partition_file: str,
         "labels": {"task": cell.task, "partition": cell.partition,
                    "client_method": cell.method, "aggregator": cell.aggregator},
     }
+    if ref:
+        spec["reference"] = cell.aggregator
     spec.update({k: t[k] for k in TASK_RUN_KEYS if k in t})
     if warmup_file is not None:
         spec["warmup_checkpoint"] = warmup_file
     return spec
+
+
+RETIRED_CENTRALIZED = ("`centralized` is no longer an aggregator but a task's reference run: write "
+                       "`reference: centralized` in the task (or once at top level, for every task) and "
+                       "drop `centralized` from the aggregators")
+
+
+def refuse_retired(config: dict[str, Any]) -> None:
+    """Refuse the retired form of the centralized reference (an aggregator ``{name: centralized}``),
+    saying what to write instead; the workflow asks before its schema, whose enum would only say
+    "not one of". Raises ConfigError."""
+    from fipa.errors import ConfigError
+
+    for key, entry in (config.get("aggregators") or {}).items():
+        if isinstance(entry, dict) and entry.get("name") == "centralized":
+            raise ConfigError(f"aggregators.{key}: {RETIRED_CENTRALIZED}")
 
 
 def check(config: dict[str, Any]) -> None:
@@ -136,46 +177,73 @@ def check(config: dict[str, Any]) -> None:
     Raises one ConfigError whose message starts with the key's path in the workflow config
     (``tasks.<task>.aggregators``, ``aggregators.<name>.rho``, ...).
     """
+    refuse_retired(config)
+    _check_seeds("seeds", config.get("seeds", []))
+    for tname, t in config["tasks"].items():
+        _check_seeds(f"tasks.{tname}.seeds", t.get("seeds", config.get("seeds", [])))
+        _check_names(config, tname)
+        _check_method_entries(config, tname)
+    check_distinct_run_dirs(config)
+    _check_cell_specs(config)
+
+
+def _check_seeds(key: str, seeds: list[int]) -> None:
+    from fipa.errors import ConfigError
+
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{key}: {seeds} repeats a seed; list each seed once")
+
+
+def _check_names(config: dict[str, Any], tname: str) -> None:
+    """A task's lists of aggregators and client methods, and its warm-up, name top-level entries."""
+    from fipa.errors import ConfigError
+
+    t = config["tasks"][tname]
+    for key in ("aggregators", "client_methods"):
+        if t.get(key) == [] and not (key == "aggregators" and reference(config, tname)):
+            raise ConfigError(f"tasks.{tname}.{key}: an empty list gives this task no training job; "
+                              f"list at least one name of top-level {key}, or drop the key for all"
+                              + (" (or give the task a `reference`)" if key == "aggregators" else ""))
+        for name in t.get(key) or []:
+            if name not in config[key]:
+                hint = RETIRED_CENTRALIZED if name == "centralized" else ", ".join(config[key])
+                raise ConfigError(f"tasks.{tname}.{key}: {name!r} is not defined under top-level "
+                                  f"{key} ({hint})")
+    for key, section, default in (("aggregator", "aggregators", "fedavg"),
+                                  ("client_method", "client_methods", "local")):
+        name = (t.get("warmup") or {}).get(key, default)
+        if t.get("warmup") and name not in config[section]:
+            raise ConfigError(f"tasks.{tname}.warmup.{key}: {name!r} is not defined under "
+                              f"top-level {section}")
+
+
+def _check_method_entries(config: dict[str, Any], tname: str) -> None:
+    """``method_aggregators`` and ``aggregator_overrides`` name what the task runs."""
+    from fipa.errors import ConfigError
+
+    t = config["tasks"][tname]
+    chosen = _selected(t, "aggregators", list(config["aggregators"]))
+    methods = _selected(t, "client_methods", list(config["client_methods"]))
+    for method, names in (t.get("method_aggregators") or {}).items():
+        if method not in methods:
+            raise ConfigError(f"tasks.{tname}.method_aggregators.{method}: not a client method this task "
+                              f"runs ({', '.join(methods)})")
+        for name in names:
+            if name not in chosen:
+                raise ConfigError(f"tasks.{tname}.method_aggregators.{method}: {name!r} is not an "
+                                  f"aggregator this task runs ({', '.join(chosen)})")
+    for name in t.get("aggregator_overrides") or {}:
+        if name not in chosen:
+            raise ConfigError(f"tasks.{tname}.aggregator_overrides.{name}: not an aggregator this "
+                              f"task runs ({', '.join(chosen)})")
+
+
+def _check_cell_specs(config: dict[str, Any]) -> None:
+    """Every cell's and warm-up's run config through ``fipa train``'s validator, once per
+    seedless spec (seeds only change the seed)."""
     from fipa.config import parse_run_config
     from fipa.errors import ConfigError
 
-    seeds = config.get("seeds", [])
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds: {seeds} repeats a seed; list each seed once")
-    for tname, t in config["tasks"].items():
-        own = t.get("seeds", seeds)
-        if len(set(own)) != len(own):
-            raise ConfigError(f"tasks.{tname}.seeds: {own} repeats a seed; list each seed once")
-        for key, section in (("aggregators", "aggregators"), ("client_methods", "client_methods")):
-            if t.get(key) == []:
-                raise ConfigError(f"tasks.{tname}.{key}: an empty list gives this task no training job; "
-                                  f"list at least one name of top-level {section}, or drop the key for all")
-            for name in t.get(key) or []:
-                if name not in config[section]:
-                    raise ConfigError(f"tasks.{tname}.{key}: {name!r} is not defined under top-level "
-                                      f"{section} ({', '.join(config[section])})")
-        chosen = _selected(t, "aggregators", list(config["aggregators"]))
-        methods = _selected(t, "client_methods", list(config["client_methods"]))
-        for method, names in (t.get("method_aggregators") or {}).items():
-            if method not in methods:
-                raise ConfigError(f"tasks.{tname}.method_aggregators.{method}: not a client method this task "
-                                  f"runs ({', '.join(methods)})")
-            for name in names:
-                if name not in chosen:
-                    raise ConfigError(f"tasks.{tname}.method_aggregators.{method}: {name!r} is not an "
-                                      f"aggregator this task runs ({', '.join(chosen)})")
-        for name in t.get("aggregator_overrides") or {}:
-            if name not in chosen:
-                raise ConfigError(f"tasks.{tname}.aggregator_overrides.{name}: not an aggregator this "
-                                  f"task runs ({', '.join(chosen)})")
-        warm = t.get("warmup")
-        if warm:
-            for key, section in (("aggregator", "aggregators"), ("client_method", "client_methods")):
-                name = warm.get(key, "fedavg" if key == "aggregator" else "local")
-                if name not in config[section]:
-                    raise ConfigError(f"tasks.{tname}.warmup.{key}: {name!r} is not defined under "
-                                      f"top-level {section}")
-    check_distinct_run_dirs(config)
     checked: set[str] = set()
     for cell in cells(config):
         specs = [(f"tasks.{cell.task} cell {cell.run_id}", run_spec(config, cell, "", None))]
@@ -184,7 +252,7 @@ def check(config: dict[str, Any]) -> None:
                                                                  cell.seed, "")))
         for where, spec in specs:
             key = _seedless_key(spec)
-            if key in checked:  # seeds only change the seed: validated once
+            if key in checked:
                 continue
             checked.add(key)
             try:
@@ -195,7 +263,8 @@ def check(config: dict[str, Any]) -> None:
 
 def check_distinct_run_dirs(config: dict[str, Any]) -> None:
     """Refuse two cells whose run directories resolve to one path (a name "." or ".." would make
-    them): one cell's results would replace the other's."""
+    them, or an aggregator named as the task's reference): one cell's results would replace the
+    other's."""
     import os
 
     from fipa.errors import ConfigError
@@ -205,7 +274,8 @@ def check_distinct_run_dirs(config: dict[str, Any]) -> None:
         where = os.path.normpath(cell.run_id)
         if where in seen:
             raise ConfigError(f"tasks.{cell.task}: cells {seen[where].run_id} and {cell.run_id} resolve to "
-                              f"one run directory (results/runs/{where}); rename the entries named . or ..")
+                              f"one run directory ({paths.run_dir(where)}); rename the entries named . "
+                              f"or .., or the aggregator named as the task's reference")
         seen[where] = cell
 
 
@@ -216,13 +286,23 @@ def _seedless_key(spec: dict[str, Any]) -> str:
     return repr(sorted((k, repr(v)) for k, v in spec.items() if k != "seed"))
 
 
+def batch_job(task: str, partition: str, method: str) -> str:
+    """The name of the ``train_batch`` job of a task x partition x client method in the progress plan."""
+    return f"{task}/{partition}/{method}"
+
+
+def bundle_job(bundle: str) -> str:
+    """The name of the ``train_bundle`` job of ``bundle`` (``<task>/b<k>``, :func:`bundles`)."""
+    return f"bundle:{bundle}"
+
+
 def plan_cells(config: dict[str, Any], batched: Callable[[str], bool],
                bundled: dict[str, str] | None = None) -> list[tuple[str, str, Any]]:
     """(run id, Snakemake job, RunConfig) of every cell, for the progress plan (fipa/progress.py).
 
-    The job is the cell's ``train_batch`` job (task/partition/method) where its task is
-    ``batched``, its ``train_bundle`` job (``bundle:<task>/<bundle>``, :func:`bundles`) where
-    ``bundled`` names one, else the cell itself; configs are parsed once per seedless spec.
+    The job is the cell's ``train_batch`` job (:func:`batch_job`) where its task is ``batched``,
+    its ``train_bundle`` job (:func:`bundle_job`) where ``bundled`` names one, else the cell
+    itself; configs are parsed once per seedless spec.
     """
     from fipa.config import parse_run_config
 
@@ -233,9 +313,9 @@ def plan_cells(config: dict[str, Any], batched: Callable[[str], bool],
         key = _seedless_key(spec)
         if key not in parsed:
             parsed[key] = parse_run_config(spec, cell.run_id)
-        job = f"{cell.task}/{cell.partition}/{cell.method}" if batched(cell.task) else cell.run_id
+        job = batch_job(cell.task, cell.partition, cell.method) if batched(cell.task) else cell.run_id
         if bundled and cell.run_id in bundled:
-            job = f"bundle:{bundled[cell.run_id]}"
+            job = bundle_job(bundled[cell.run_id])
         out.append((cell.run_id, job, parsed[key]))
     return out
 

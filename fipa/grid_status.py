@@ -1,7 +1,7 @@
 """A grid's state from its plan and ledger: `fipa status`, `--watch`, and the status lines of a
 cluster run's submitting host.
 
-Reads only ``results/runs/.grid-plan.json`` and ``.grid-ledger.jsonl`` (fipa/progress.py), never
+Reads only the runs root's ``.grid-plan.json`` and ``.grid-ledger.jsonl`` (fipa/progress.py), never
 the run directories: one small read however large the grid, locally, on a cluster's login node
 (a shared file system) and after the run.
 """

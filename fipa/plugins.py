@@ -6,20 +6,17 @@ itself is not edited. An entry of ``plugins`` is either a dotted module name, fo
 ``sys.path`` (``PYTHONPATH``, an installed package), or the path of a ``.py`` file, relative to
 the working directory like every other path of a config (its folder then joins ``sys.path``, so
 the plugin's sibling modules import too). The workflow passes its ``plugins`` on to every job's
-run config, so a job imports what the DAG was validated with.
+run config, so a job imports what the DAG was validated with (whose schema names the plugins'
+entries too: fipa/schema.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 import sys
-import tempfile
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,15 +26,6 @@ from fipa.errors import ConfigError
 KEY = "plugins"
 FIX = ("put the module's folder on PYTHONPATH, install it, or list the path of its .py file "
        "(relative to the working directory)")
-
-# where the workflow schema enumerates each registry's names: (path of keys, registry)
-SCHEMA_ENUMS = (
-    (("aggregators", "additionalProperties", "properties", "name"), "aggregator"),
-    (("client_methods", "additionalProperties", "properties", "method"), "client method"),
-    (("tasks", "additionalProperties", "properties", "task", "properties", "name"), "task"),
-    (("tasks", "additionalProperties", "properties", "partitions", "additionalProperties",
-      "properties", "scheme"), "partition scheme"),
-)
 
 
 def entries(raw: Any, key: str = KEY) -> list[str]:
@@ -114,47 +102,3 @@ def _where(err: BaseException, origin: str | None) -> str:
     mine = [f for f in frames if origin is not None and Path(f.filename) == Path(origin)]
     frame = (mine or frames or [None])[-1]
     return f" (at {frame.filename}:{frame.lineno})" if frame is not None else ""
-
-
-def registered_names() -> dict[str, list[str]]:
-    """Every registry's names (kind -> sorted names), plugins' entries included."""
-    from fipa.aggregators import AGGREGATORS
-    from fipa.clients import CLIENT_METHODS
-    from fipa.partition import SCHEMES
-    from fipa.tasks import TASKS
-
-    return {reg.kind: reg.names() for reg in (AGGREGATORS, CLIENT_METHODS, TASKS, SCHEMES)}
-
-
-def with_registered_names(schema: dict[str, Any]) -> dict[str, Any]:
-    """The workflow schema with each name enum replaced by its registry's names (in place)."""
-    names = registered_names()
-    for path, kind in SCHEMA_ENUMS:
-        node = schema["properties"]
-        for k in path:
-            node = node[k]
-        node["enum"] = names[kind]
-    return schema
-
-
-@contextmanager
-def workflow_schema(config: dict[str, Any], schema_path: str) -> Iterator[str]:
-    """The schema file to validate a workflow ``config`` against, after importing its plugins.
-
-    Without plugins that is ``schema_path`` itself. With plugins, a temporary copy whose name
-    enums are the registries' names, so that a plugin's aggregator, client method, task or
-    scheme passes the schema (``snakemake.utils.validate`` reads only files); removed on exit.
-    """
-    if not load(config.get(KEY)):
-        yield schema_path
-        return
-    from fipa.io import read_yaml
-
-    schema = with_registered_names(read_yaml(schema_path))
-    fd, tmp = tempfile.mkstemp(prefix="fipa-schema-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(schema, fh)
-        yield tmp
-    finally:
-        os.unlink(tmp)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -27,13 +29,24 @@ class Registry(Generic[T]):
     A registry may declare attributes every entry carries (``declares``: name -> default),
     set on the entry by ``register(name, attr=value)`` or from the default, so readers of an
     entry never probe for them (the vision data sets' ``train_size``, the models' ``cost``).
+
+    A registry whose entries live one module each in a package names it: ``discover="fipa.tasks"``.
+    At the first lookup every module of the package (but ``skip`` and ``_private`` ones) is
+    announced, so that adding an entry is adding its file. ``lazy=True``: module ``<name>``
+    registers the entry ``<name>`` and is imported when that name is first asked for (keeps heavy
+    imports, DeepXDE and torchvision, out of jobs that do not need them); else every module is
+    imported at the first lookup (a module may then register several names, or others than its own).
     """
 
-    def __init__(self, kind: str, declares: dict[str, Any] | None = None) -> None:
+    def __init__(self, kind: str, declares: dict[str, Any] | None = None, discover: str | None = None,
+                 lazy: bool = False, skip: tuple[str, ...] = ("base",)) -> None:
         self.kind = kind
         self.declares = dict(declares or {})
         self._entries: dict[str, T] = {}
         self._lazy: dict[str, str] = {}
+        self._pending = discover  # the package still to announce (None: done, or none)
+        self._discover_lazily = lazy
+        self._skip = skip
 
     def register(self, name: str, params: type | None = None, **attrs: Any) -> Callable[[T], T]:
         """Decorator that files ``obj`` under ``name`` (and sets ``obj.Params = params`` and the
@@ -62,8 +75,20 @@ class Registry(Generic[T]):
         """
         self._lazy[name] = module
 
+    def _discover(self) -> None:
+        """Announce (``lazy``) or import every module of the ``discover`` package, once."""
+        package, self._pending = self._pending, None
+        if package is None:
+            return
+        for module in package_modules(package, self._skip):
+            if self._discover_lazily:
+                self.register_lazy(module, f"{package}.{module}")
+            else:
+                importlib.import_module(f"{package}.{module}")
+
     def get(self, name: str, key: str | None = None) -> T:
         """Entry for ``name``; the error names the config key and the valid choices."""
+        self._discover()
         if not isinstance(name, str):
             where = f"{key}: " if key else ""
             raise UnknownNameError(f"{where}expected a {self.kind} name, got {name!r}; choose one of "
@@ -84,10 +109,22 @@ class Registry(Generic[T]):
         return [(key, f"unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}")]
 
     def names(self) -> list[str]:
+        self._discover()
         return sorted({*self._entries, *self._lazy})
 
     def __contains__(self, name: object) -> bool:
+        self._discover()
         return name in self._entries or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def package_modules(package: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The names of ``package``'s modules and subpackages, found on disk without importing them
+    (``skip`` and names starting with ``_`` left out), sorted."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ValueError(f"discover={package!r}: not an importable package")
+    found = pkgutil.iter_modules(spec.submodule_search_locations)
+    return sorted(m.name for m in found if m.name not in skip and not m.name.startswith("_"))

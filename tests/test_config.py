@@ -133,37 +133,6 @@ def test_missing_config_file(tmp_path, capsys):
     assert code == 2 and "config file not found" in capsys.readouterr().err
 
 
-def _schema_enum(schema: dict, *path: str) -> list[str]:
-    node = schema
-    for key in path:
-        node = node[key]
-    return sorted(node["enum"])
-
-
-def test_schema_enums_list_every_registered_name():
-    """The workflow schema rejects names before any job starts, so it must know every entry."""
-    from pathlib import Path
-
-    from fipa.aggregators import AGGREGATORS
-    from fipa.clients import CLIENT_METHODS
-    from fipa.partition import SCHEMES
-    from fipa.tasks.base import TASKS
-
-    schema = yaml.safe_load(Path("workflow/schemas/config.schema.yaml").read_text())
-    props = schema["properties"]
-    task = props["tasks"]["additionalProperties"]["properties"]
-    assert _schema_enum(props, "aggregators", "additionalProperties", "properties", "name") == sorted(
-        AGGREGATORS.names()
-    )
-    assert _schema_enum(props, "client_methods", "additionalProperties", "properties", "method") == sorted(
-        CLIENT_METHODS.names()
-    )
-    assert _schema_enum(task, "task", "properties", "name") == sorted(TASKS.names())
-    assert _schema_enum(task, "partitions", "additionalProperties", "properties", "scheme") == sorted(
-        SCHEMES.names()
-    )
-
-
 @pytest.mark.parametrize(
     "configfile", ["config/config.yaml", "config/paper.yaml", ".test/config/config.yaml"]
 )

@@ -289,7 +289,7 @@ def test_a_task_with_no_aggregator_is_refused_at_dag_build():
 
     for key in ("aggregators", "client_methods"):
         config = _test_config()
-        config["tasks"]["regression_1d"][key] = []
+        config["tasks"]["regression_1d"].update({key: [], "reference": None})  # a reference is a job too
         with pytest.raises(ConfigError, match=f"tasks.regression_1d.{key}: an empty list"):
             grid.check(config)
 

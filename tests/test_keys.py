@@ -1,20 +1,18 @@
-"""Keys documented once: the Params fields, config/README.md's tables and the workflow schema agree."""
+"""Keys documented once: the Params fields and config/README.md's tables agree (the workflow schema's
+bounds are generated from the same fields: tests/test_schema.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from fipa import aggregators, clients, keys, partition, tasks
 from fipa.client_config import ClientConfig
 from fipa.config import ConfigError, RunConfig, parse_params
 
 README = Path("config/README.md")
-SCHEMA = Path("workflow/schemas/config.schema.yaml")
 
 # fields that are not keys a user writes: the run config's sections and the client's parsed method Params
 NOT_KEYS = {(RunConfig, n) for n in ("task", "partition", "clients", "client", "aggregator")} | {
@@ -82,63 +80,3 @@ def test_list_defaults_are_copied_per_instance():
     a, b = tasks.TASKS.get("regression").Params(), tasks.TASKS.get("regression").Params()
     a.hidden.append(1)
     assert b.hidden == [32, 32]
-
-
-# ----------------------------------------------------------------------------- schema bounds
-
-_SCHEMA_BOUNDS = {"minimum": "ge", "exclusiveMinimum": "gt", "maximum": "le", "exclusiveMaximum": "lt"}
-# where the workflow is deliberately stricter than a run config, and why
-STRICTER_IN_WORKFLOW = {
-    "tasks.*.rounds": "a grid cell trains >= 1 round; `fipa partition`'s run configs use rounds 0",
-    "tasks.*.warmup.rounds": "a warm-up trains >= 1 round",
-}
-WORKFLOW_ONLY = {"threads_per_job", "bundle_s"}  # Snakemake's threads and cluster bundling: no run-config key
-
-
-def schema_bounds(node: Any, path: str = "") -> dict[str, dict[str, float]]:
-    """Every schema location with numeric bounds: "tasks.*.partitions.*.alpha" -> {"gt": 0}."""
-    out = {}
-    if not isinstance(node, dict):
-        return out
-    bounds = {_SCHEMA_BOUNDS[k]: v for k, v in node.items() if k in _SCHEMA_BOUNDS}
-    if bounds:
-        out[path] = bounds
-    for name, child in node.get("properties", {}).items():
-        out.update(schema_bounds(child, f"{path}.{name}".lstrip(".")))
-    if isinstance(node.get("additionalProperties"), dict):
-        out.update(schema_bounds(node["additionalProperties"], f"{path}.*"))
-    if isinstance(node.get("items"), dict):
-        out.update(schema_bounds(node["items"], f"{path}[]"))
-    return out
-
-
-def fields_for(location: str) -> list[tuple[type, str]]:
-    """The (class, field) pairs a schema location maps to (every registered entry that has the key)."""
-    *where, name = location.removesuffix("[]").split(".")
-    if location in ("seeds[]", "tasks.*.seeds[]"):  # every seed is a run config's seed
-        return [(RunConfig, "seed")]
-    registry = {("aggregators", "*"): aggregators.AGGREGATORS,
-                ("tasks", "*", "partitions", "*"): partition.SCHEMES}.get(tuple(where))
-    if registry is None:  # a task-level (or warm-up) key of the run config
-        return [(RunConfig, name)] if where in (["tasks", "*"], ["tasks", "*", "warmup"]) else []
-    classes = [getattr(registry.get(n), "Params", None) for n in registry.names()]
-    pairs = [(c, name) for c in dict.fromkeys(classes) if c is not None
-             and name in {f.name for f in dataclasses.fields(c)}]
-    return pairs or ([(RunConfig, name)] if name == "clients" else [])
-
-
-def test_schema_bounds_match_the_fields():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    problems = []
-    for location, bounds in schema_bounds(schema).items():
-        if location in WORKFLOW_ONLY:
-            continue
-        pairs = fields_for(location)
-        if not pairs:
-            problems.append(f"{location}: no Params field found for this schema bound")
-        for cls, name in pairs:
-            field = next(f for f in dataclasses.fields(cls) if f.name == name)
-            declared = keys.bounds_of(field)
-            if declared != bounds and location not in STRICTER_IN_WORKFLOW:
-                problems.append(f"{location}: schema {bounds}, {cls.__qualname__}.{name} declares {declared}")
-    assert not problems, "workflow schema and fields disagree:\n" + "\n".join(problems)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
+from fipa import grid
 from tests.fake_datasets import write_cifar10, write_cifar100, write_tiny_imagenet_source
 from tests.test_workflow import BIN, ROOT, snakemake
 
@@ -53,6 +54,7 @@ def shrunk_paper(tasks: list[str], client_methods: list[str] | None = None,
             t["client_methods"] = client_methods
         if aggregators is not None:
             t["aggregators"] = aggregators
+            t["reference"] = None  # the reference run is no aggregator of the narrowed list
             t["aggregator_overrides"] = {k: v for k, v in t.get("aggregator_overrides", {}).items()
                                          if k in aggregators}
         over["aggregator_overrides"] = {
@@ -97,7 +99,7 @@ def check_summary(work: Path, tasks: list[str], methods: list[str], aggregators:
     summary = pd.read_csv(work / "results" / "summary.csv")
     for task in tasks:
         rows = summary[summary["task"] == task]
-        aggs = aggregators or paper["tasks"][task]["aggregators"]
+        aggs = aggregators or [*paper["tasks"][task]["aggregators"], grid.reference(paper, task)]
         assert sorted(zip(rows["client_method"], rows["aggregator"], strict=True)) == sorted(
             (m, a) for m in methods for a in aggs), task
         warm = pd.read_csv(work / "results" / "warmup" / task / PARTITION / "seed0" / "run" / "metrics.csv")

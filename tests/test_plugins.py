@@ -202,7 +202,7 @@ def test_workflow_runs_plugin_task_and_aggregators(tmp_path):
     shutil.copytree(ROOT / ".test" / "config", tmp_path / "config")
     write_plugin(tmp_path / "plugins")
     cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
-    cfg.update(seeds=[0], plugins=["plugins/toyplug.py", str(FEDMEDIAN)])
+    cfg.update(seeds=[0], plugins=["plugins/toyplug.py", str(FEDMEDIAN)], reference=None)
     cfg["aggregators"] = {"fedavg": {"name": "fedavg"}, "toy_mean": {"name": "toy_mean"},
                           "fedmedian": {"name": "fedmedian", "server_lr": 1.0}}
     run = toy_run("fedavg", [])
@@ -241,7 +241,7 @@ def test_workflow_unimportable_plugin_stops_before_any_job(tmp_path):
 @pytest.fixture
 def isolated_registries(monkeypatch):
     """Registries, sys.path and sys.modules restored after the test: a plugin imported here
-    must not leak into other tests (tests/test_config.py compares the registries to the schema)."""
+    must not leak into other tests (tests/test_schema.py compares the registries to the schema)."""
     from fipa.aggregators import AGGREGATORS
     from fipa.clients import CLIENT_METHODS
     from fipa.partition import SCHEMES
@@ -251,6 +251,7 @@ def isolated_registries(monkeypatch):
     for reg in (AGGREGATORS, CLIENT_METHODS, SCHEMES, TASKS, DATASETS, MODELS):
         monkeypatch.setattr(reg, "_entries", dict(reg._entries))
         monkeypatch.setattr(reg, "_lazy", dict(reg._lazy))
+        monkeypatch.setattr(reg, "_pending", reg._pending)
     monkeypatch.setattr(sys, "path", list(sys.path))
     modules = set(sys.modules)
     yield AGGREGATORS
@@ -276,24 +277,31 @@ def test_fedmedian_step_is_the_coordinatewise_median(isolated_registries, m):
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-15)
 
 
-def test_plugin_names_join_the_schema_enums(isolated_registries):
-    """Every enum the schema holds for a registry is found and extended by a plugin's entry."""
-    from fipa import plugins
-    from fipa.io import read_yaml
+def test_plugin_names_and_bounds_join_the_generated_schema(isolated_registries, tmp_path):
+    """A plugin's aggregator joins the generated name enum and its Params bound the schema's clause
+    for the entry that names it (fipa/schema.py); a value out of that bound fails naming the field."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
 
-    schema = read_yaml(ROOT / "workflow" / "schemas" / "config.schema.yaml")
-    for path, kind in plugins.SCHEMA_ENUMS:
-        node = schema["properties"]
-        for key in path:
-            node = node[key]
-        missing = sorted(set(plugins.registered_names()[kind]) ^ set(node["enum"]))
-        assert not missing, (f"the schema's {kind} enum ({'.'.join(path)}) and the {kind} registry "
-                             f"differ in {missing}: list every built-in entry in "
-                             "workflow/schemas/config.schema.yaml")
-    plugins.load([str(FEDMEDIAN)])
-    after = plugins.with_registered_names(schema)
-    names = after["properties"]["aggregators"]["additionalProperties"]["properties"]["name"]["enum"]
-    assert "fedmedian" in names and "fedavg" in names
+    from fipa import schema
+
+    config = yaml.safe_load((ROOT / ".test" / "config" / "config.yaml").read_text())
+    config.update(plugins=[str(FEDMEDIAN)])
+    config["aggregators"]["median"] = {"name": "fedmedian", "server_lr": 0.5}
+    with schema.workflow_schema(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml")) as path:
+        generated = json.loads(Path(path).read_text())
+        validate(config, path)
+    entry = generated["properties"]["aggregators"]["additionalProperties"]
+    assert {"fedmedian", "fedavg"} <= set(entry["properties"]["name"]["enum"])
+    (clause,) = [c for c in entry["allOf"] if c["if"]["properties"]["name"]["const"] == "fedmedian"]
+    assert clause["then"]["properties"]["server_lr"]["exclusiveMinimum"] == 0
+    config["aggregators"]["median"]["server_lr"] = 0
+    with pytest.raises(WorkflowError) as e, schema.workflow_schema(
+            config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml")) as path:
+        validate(config, path)
+    text = "".join(str(a) for a in e.value.args)
+    assert "0 is less than or equal to the minimum of 0" in text and "FedMedianParams.server_lr" in text
+    assert "instance['aggregators']['median']['server_lr']" in text
 
 
 def test_every_task_family_declares_its_resources():

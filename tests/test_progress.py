@@ -272,7 +272,8 @@ def test_bundles_pack_short_cells_in_grid_order_and_leave_long_ones_alone(monkey
     """Priors by aggregator: a 0.4 s, b 0.5 s, c 2 s; limit 1 s. In grid order (a0 a1 b0 b1 c0
     c1) a0 + a1 = 0.8 fit, b0 would make 1.3: a second bundle, b0 + b1 = 1.0; c is long."""
     config = yaml.safe_load((ROOT / "tests" / "cluster" / "cells_config.yaml").read_text())
-    config["tasks"] = {"regression_1d": {**config["tasks"]["regression_1d"], "client_methods": ["local"]}}
+    config["tasks"] = {"regression_1d": {**config["tasks"]["regression_1d"], "client_methods": ["local"],
+                                         "reference": None}}
     config["aggregators"] = {"a": {"name": "fedavg"}, "b": {"name": "fedavg"}, "c": {"name": "fedavg"}}
     cost = {"a": 0.4, "b": 0.5, "c": 2.0}
     names = itertools.cycle("aabbcc")  # the entries parse to one config: priors by call, in grid order

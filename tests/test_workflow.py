@@ -211,12 +211,20 @@ def bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:
         (lambda c: c.update(seeds=[0, 0]), ["seeds", "non-unique"]),
         (lambda c: c["aggregators"].update({"my fipa": {"name": "fipa"}}), ["my fipa", "does not match"]),
         (lambda c: c["aggregators"].update({".": {"name": "fedavg"}}), ["'.' does not match"]),
-        (lambda c: c["tasks"]["regression_1d"].update(aggregators=[]),
+        (lambda c: c["tasks"]["regression_1d"].update(aggregators=[], reference=None),
          ["tasks.regression_1d.aggregators: an empty list gives this task no training job"]),
+        # the schema's bounds come from the Params fields (fipa/schema.py)
+        (lambda c: c["aggregators"]["fipa"].update(rank=0),
+         ["0 is less than the minimum of 1", "FIPAParams.rank", "instance['aggregators']['fipa']['rank']"]),
+        # the retired aggregator entry names its replacement
+        (lambda c: c["aggregators"].update(centralized={"name": "centralized"}),
+         ["aggregators.centralized: `centralized` is no longer an aggregator but a task's reference run: "
+          "write `reference: centralized` in the task"]),
     ],
     ids=["unknown-aggregator", "negative-alpha", "top-level-typo", "option-typo", "negative-lr",
          "momentum-1.5", "unknown-target", "clients-gt-samples", "task-aggregator-ref", "task-method-ref",
-         "warmup-ref", "override-ref", "duplicate-seeds", "name-with-space", "name-dot", "no-aggregator"],
+         "warmup-ref", "override-ref", "duplicate-seeds", "name-with-space", "name-dot", "no-aggregator",
+         "rank-0", "retired-centralized"],
 )
 def test_schema_rejects_bad_config_before_any_job(tmp_path, edit, needles):
     res = bad_config(tmp_path, edit)

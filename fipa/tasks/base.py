@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pkgutil
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -77,7 +75,7 @@ class Task(ABC):
     def missing_data(cls, params: Any) -> str | None:
         """What the task's data under ``params`` lack on disk and the command that fetches them,
         or None when nothing is missing (tasks that generate their data). Looks at paths only:
-        the workflow asks before its first job (rules/common.smk, data_preflight)."""
+        the workflow asks before its first job (rules/preflight.smk, data_preflight)."""
         return None
 
     @abstractmethod
@@ -135,15 +133,5 @@ class Task(ABC):
         return {}
 
 
-TASKS: Registry[type[Task]] = Registry("task")
-
-
-def _announce_families() -> None:
-    """Announce every task family of this package without importing it: a module or package
-    ``fipa/tasks/<name>`` registers the task ``<name>`` (adding a family is adding its file)."""
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if info.name != "base":
-            TASKS.register_lazy(info.name, f"fipa.tasks.{info.name}")
-
-
-_announce_families()
+# a module or package fipa/tasks/<name> registers the task <name>: adding a family is adding its file
+TASKS: Registry[type[Task]] = Registry("task", discover="fipa.tasks", lazy=True)

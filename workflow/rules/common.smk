@@ -1,20 +1,13 @@
-# Grid expansion and path helpers shared by the rules (logic lives in fipa.grid).
+# The rules' helpers: a job's cells, run configs and files, from fipa.grid and fipa.paths.
 
 import json
 import os
 
 import fipa.grid as grid
+from fipa import paths
 from fipa.tasks import TASKS, Task
 
-# the config's plugins were imported by the Snakefile, before the schema saw their names
-grid.check(config)  # every cell validated as `fipa train` would, before any job runs
-CELLS = grid.cells(config)
-SUMMARY = "results/summary.csv"
-FIGURES = "results/figures"
-RUN_DIR = "results/runs/{task}/{partition}/{method}/{aggregator}/seed{seed}"
-PART_FILE = "results/partitions/{task}/{partition}/seed{seed}.json"
-BATCH_FILE = "results/batches/{task}/{partition}/{method}.json"
-BUNDLE_FILE = "results/bundles/{task}/{bundle}.json"
+CELLS = grid.cells(config)  # grid.check (rules/preflight.smk) validated every one
 CONDA_ENV = "../envs/fipa.yaml"
 # relative to the working directory: an absolute path in a rule input would make a moved or
 # re-cloned checkout rerun the report (the repository root, or results/ablations for --directory)
@@ -31,7 +24,13 @@ wildcard_constraints:
 
 
 def grid_cell(w):
+    """The grid cell of a job's wildcards (their names are GridCell's fields)."""
     return grid.GridCell(w.task, w.partition, w.method, w.aggregator, int(w.seed))
+
+
+def cell_label(w):
+    """A cell job's label in progress lines and the ledger: its run id."""
+    return grid_cell(w).run_id
 
 
 def with_plugins(spec):
@@ -48,11 +47,11 @@ def partition_spec(w):
 
 def partition_pattern(w):
     """The partition job's output files, with `fipa partition`'s {seed} placeholder."""
-    return PART_FILE.replace("{task}", w.task).replace("{partition}", w.partition)
+    return paths.PART_FILE.replace("{task}", w.task).replace("{partition}", w.partition)
 
 
 def part_file(w):
-    return PART_FILE.format(task=w.task, partition=w.partition, seed=w.seed)
+    return paths.part_file(w.task, w.partition, w.seed)
 
 
 def has_warmup(task):
@@ -106,11 +105,11 @@ def bundling():
 def cell_output(c):
     """The file that says cell c finished: its batch's or bundle's record, else its final.json."""
     if batched(c.task):
-        return BATCH_FILE.format(task=c.task, partition=c.partition, method=c.method)
+        return paths.BATCH_FILE.format(task=c.task, partition=c.partition, method=c.method)
     if bundling() and c.run_id in BUNDLES:
         task, bundle = BUNDLES[c.run_id].split("/")
-        return BUNDLE_FILE.format(task=task, bundle=bundle)
-    return f"results/runs/{c.run_id}/final.json"
+        return paths.BUNDLE_FILE.format(task=task, bundle=bundle)
+    return paths.final_file(c.run_id)
 
 
 def grid_outputs():
@@ -119,7 +118,7 @@ def grid_outputs():
 
 
 def all_run_dirs():
-    return [f"results/runs/{c.run_id}" for c in CELLS]
+    return [paths.run_dir(c.run_id) for c in CELLS]
 
 
 def batch_members(w):
@@ -140,9 +139,9 @@ def batch_manifest(w, members=batch_members):
     return [
         {
             "spec": cell_spec(c),
-            "output": f"results/runs/{c.run_id}",
-            "log": f"results/logs/train/{c.run_id}.log",
-            "benchmark": f"results/benchmarks/{c.run_id}.tsv",
+            "output": paths.run_dir(c.run_id),
+            "log": paths.TRAIN_LOG.format(run_id=c.run_id),
+            "benchmark": paths.TRAIN_BENCHMARK.format(run_id=c.run_id),
             "label": c.run_id,
         }
         for c in members(w)
@@ -219,114 +218,3 @@ def batch_runtime(wildcards, attempt):
 def bundle_runtime(wildcards, attempt):
     """A bundle runs its cells one after another: the sum of their wall times."""
     return train_runtime(wildcards, attempt) * len(bundle_members(wildcards))
-
-
-def data_preflight():
-    """Stop a run before its first job when a task that has jobs to run lacks its data on disk
-    (a vision data set not downloaded yet), naming the command that fetches it. Called from
-    onstart (submitting host): dry runs (-n) read no data."""
-    from snakemake.exceptions import WorkflowError
-
-    jobs = workflow.dag.needrun_jobs()
-    tasks = sorted({job.wildcards_dict["task"] for job in jobs if "task" in job.wildcards_dict})
-    problems = grid.missing_data(config, tasks)
-    if problems:
-        raise WorkflowError("Data sets missing; nothing was run:\n  " + "\n  ".join(problems))
-
-
-def write_progress_plan():
-    """What the status lines' time-left estimate needs (fipa/progress.py), written at start:
-    the cost prior of every cell this invocation trains, and how many jobs run at once
-    (cores / threads per job here, --jobs on a cluster). Cells finished earlier count as
-    done; cells outside the requested targets are left out."""
-    import fipa.progress as progress
-
-    names = {  # a training job's name in the plan, by its rule
-        "train_batch": lambda w: f"{w.task}/{w.partition}/{w.method}",
-        "train_bundle": lambda w: f"bundle:{w.task}/{w.bundle}",
-        "train": lambda w: f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}",
-    }
-    jobs = {names[job.rule.name](job.wildcards) for job in workflow.dag.needrun_jobs()
-            if job.rule.name in names}
-    bundled = {c.run_id: BUNDLES[c.run_id] for c in CELLS if c.run_id in BUNDLES and bundling()}
-    cells = [c for c in grid.plan_cells(config, batched, bundled)
-             if c[1] in jobs or os.path.isfile(f"results/runs/{c[0]}/final.json")]
-    # a ceiling: the estimate uses what the ledger shows running at once (fipa/progress.py)
-    slots = workflow.cores // max(1, config["threads_per_job"]) if workflow.local_exec else workflow.nodes
-    progress.write_plan("results/runs", cells, max(1, slots))
-
-
-FOLLOWER = []  # the ledger follower of a cluster run's submitting host, while it runs
-
-
-def follow_progress():
-    """On a cluster's submitting host, print each cell's status line as its end line reaches
-    the ledger (fipa.grid_status.Follower): the jobs print theirs into SLURM logs, which this
-    terminal never shows. A local run's jobs print to this terminal themselves: no follower."""
-    from fipa.grid_status import Follower
-
-    if not workflow.local_exec:
-        FOLLOWER.append(Follower("results/runs").start())
-
-
-def end_progress(status):
-    """Stop the follower (printing what it has not yet) and close the ledger's session."""
-    import fipa.progress as progress
-
-    for follower in FOLLOWER:
-        follower.stop()
-    if os.path.isfile(f"results/runs/{progress.PLAN}"):
-        progress.record_session_end("results/runs", status)
-
-
-def slurm_preflight():
-    """Stop a SLURM run before its first sbatch when the jobs' partition cannot work.
-
-    Called from onstart, on the submitting host only. Without it a missing or misspelt
-    partition surfaces as one sbatch error per job once the DAG runs. Partitions come
-    from `slurm_partition` (profiles/slurm reads $SBATCH_PARTITION); none given means
-    the cluster's default partition, which must then exist.
-    """
-    import subprocess
-
-    from snakemake.exceptions import WorkflowError
-
-    plugin = workflow.executor_plugin
-    if plugin is None or plugin.name != "slurm":
-        return
-    if getattr(workflow.executor_settings, "partition_config", None) or os.environ.get(
-        "SNAKEMAKE_SLURM_PARTITIONS"
-    ):
-        return  # the executor picks partitions from its own partition file
-    try:
-        listing = subprocess.run(
-            ["sinfo", "--all", "--noheader", "--format=%P"],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", None) or err
-        raise WorkflowError(f"--executor slurm needs a working SLURM client here, but `sinfo` failed: {detail}")
-    known = sorted({p.rstrip("*") for p in listing})
-    default = next((p.rstrip("*") for p in listing if p.endswith("*")), None)
-    fix = (
-        "Set it with `export SBATCH_PARTITION=<partition>` (read by profiles/slurm) or "
-        "`--set-resources <rule>:slurm_partition=<partition>`; partitions of this cluster: "
-        f"{', '.join(known) or 'none'} (see `sinfo -s`)."
-    )
-    wanted = {}
-    for job in workflow.dag.needrun_jobs():
-        if job.is_local or any(job.resources.get(k) for k in ("slurm_cluster", "cluster", "clusters")):
-            continue
-        wanted.setdefault(job.resources.get("slurm_partition") or None, set()).add(job.rule.name)
-    for partition, rules in sorted(wanted.items(), key=lambda kv: str(kv[0])):
-        names = ", ".join(sorted(rules))
-        if partition is None and default is None:
-            raise WorkflowError(
-                f"No SLURM partition given for rule(s) {names} and this cluster has no default partition. {fix}"
-            )
-        if partition is not None and str(partition) not in known:
-            raise WorkflowError(
-                f"SLURM partition {str(partition)!r} of rule(s) {names} does not exist on this cluster. {fix}"
-            )
-    if None in wanted:
-        print(f"SLURM: no partition given; jobs go to the cluster's default partition {default!r}.")

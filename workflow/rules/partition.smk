@@ -4,9 +4,9 @@ rule partition:
     output:
         # every seed of any task: an output list cannot depend on the task wildcard, and a
         # partition file costs milliseconds
-        expand(PART_FILE, seed=grid.all_seeds(config), allow_missing=True),
+        expand(paths.PART_FILE, seed=grid.all_seeds(config), allow_missing=True),
     log:
-        "results/logs/partition/{task}/{partition}.log",
+        paths.PARTITION_LOG,
     params:
         spec=lambda w: spec_text(partition_spec(w)),
         seeds=" ".join(str(s) for s in grid.all_seeds(config)),

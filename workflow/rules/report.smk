@@ -3,9 +3,9 @@ rule collect:
         # a function: whether short cells run in bundles depends on the executor, known at DAG time
         lambda w: grid_outputs(),
     output:
-        SUMMARY,
+        paths.SUMMARY,
     log:
-        "results/logs/collect.log",
+        paths.COLLECT_LOG,
     params:
         runs=all_run_dirs(),
     conda:
@@ -16,16 +16,16 @@ rule collect:
 
 rule figures:
     input:
-        SUMMARY,
+        paths.SUMMARY,
     output:
         report(
-            directory(FIGURES),
+            directory(paths.FIGURES),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
         ),
     log:
-        "results/logs/figures.log",
+        paths.FIGURES_LOG,
     params:
         outdir=first_output,
     conda:
@@ -36,15 +36,15 @@ rule figures:
 
 rule report:
     input:
-        summary=SUMMARY,
+        summary=paths.SUMMARY,
         notebook=NOTEBOOK,
     output:
-        notebook="results/report.ipynb",
-        html="results/report.html",
+        notebook=paths.REPORT_NOTEBOOK,
+        html=paths.REPORT_HTML,
     log:
-        "results/logs/report.log",
+        paths.REPORT_LOG,
     conda:
         CONDA_ENV
     shell:
-        "fipa report --notebook {input.notebook} --results results -o {output.notebook}"
+        f"fipa report --notebook {{input.notebook}} --results {paths.RESULTS} -o {{output.notebook}}"
         " --html {output.html} > {log} 2>&1"

@@ -1,13 +1,13 @@
 rule warmup:
     priority: 1
     input:
-        partition=PART_FILE,
+        partition=paths.PART_FILE,
     output:
-        "results/warmup/{task}/{partition}/seed{seed}/state.pt",
+        paths.WARMUP_STATE,
     log:
-        "results/logs/warmup/{task}/{partition}/seed{seed}.log",
+        paths.WARMUP_LOG,
     benchmark:
-        "results/benchmarks/warmup/{task}/{partition}/seed{seed}.tsv"
+        paths.WARMUP_BENCHMARK
     threads: config["threads_per_job"]
     resources:
         mem_mb=train_mem_mb,
@@ -15,7 +15,7 @@ rule warmup:
         **train_resources(),
     params:
         spec=lambda w: spec_text(warmup_job_spec(w)),
-        rundir="results/warmup/{task}/{partition}/seed{seed}/run",
+        rundir=paths.WARMUP_RUN,
     conda:
         CONDA_ENV
     shell:
@@ -26,15 +26,15 @@ rule warmup:
 
 rule train:
     input:
-        partition=PART_FILE,
+        partition=paths.PART_FILE,
         warmup=warmup_input,
     output:
-        final=f"{RUN_DIR}/final.json",
-        metrics=f"{RUN_DIR}/metrics.csv",
+        final=paths.pattern(paths.RUN_FINAL),
+        metrics=paths.pattern(paths.RUN_METRICS),
     log:
-        "results/logs/train/{task}/{partition}/{method}/{aggregator}/seed{seed}.log",
+        paths.pattern(paths.TRAIN_LOG),
     benchmark:
-        "results/benchmarks/{task}/{partition}/{method}/{aggregator}/seed{seed}.tsv"
+        paths.pattern(paths.TRAIN_BENCHMARK)
     threads: config["threads_per_job"]
     resources:
         mem_mb=train_mem_mb,
@@ -44,23 +44,23 @@ rule train:
         spec=lambda w: spec_text(train_spec(w)),
         outdir=output_dir,
         total=len(CELLS),
-        label=lambda w: f"{w.task}/{w.partition}/{w.method}/{w.aggregator}/seed{w.seed}",
+        label=cell_label,
     conda:
         CONDA_ENV
     shell:
         "fipa train --spec {params.spec:q} -o {params.outdir:q} --supersede --threads {threads} --log {log:q}"
-        " --label {params.label:q} --grid-total {params.total} --grid-root results/runs 2>> {log:q}"
+        f" --label {{params.label:q}} --grid-total {{params.total}} --grid-root {paths.RUNS} 2>> {{log:q}}"
 
 
 rule train_batch:
     input:
         batch_inputs,
     output:
-        BATCH_FILE,
+        paths.BATCH_FILE,
     log:
-        "results/logs/train/{task}/{partition}/{method}.log",
+        paths.BATCH_LOG,
     benchmark:
-        "results/benchmarks/batches/{task}/{partition}/{method}.tsv"
+        paths.BATCH_BENCHMARK
     threads: config["threads_per_job"]
     resources:
         mem_mb=train_mem_mb,
@@ -74,7 +74,7 @@ rule train_batch:
         CONDA_ENV
     shell:
         "fipa train-batch --cells {params.cells:q} --summary {output:q} --supersede --threads {threads}"
-        " --grid-total {params.total} --grid-root results/runs {params.mode} 2>> {log:q}"
+        f" --grid-total {{params.total}} --grid-root {paths.RUNS} {{params.mode}} 2>> {{log:q}}"
 
 
 # Short cells of batch: false tasks under a cluster executor (bundle_s, fipa.grid.bundles): one
@@ -84,11 +84,11 @@ use rule train_batch as train_bundle with:
     input:
         bundle_inputs,
     output:
-        BUNDLE_FILE,
+        paths.BUNDLE_FILE,
     log:
-        "results/logs/train/{task}/bundles/{bundle}.log",
+        paths.BUNDLE_LOG,
     benchmark:
-        "results/benchmarks/bundles/{task}/{bundle}.tsv"
+        paths.BUNDLE_BENCHMARK
     resources:
         mem_mb=train_mem_mb,
         runtime=bundle_runtime,
