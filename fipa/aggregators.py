@@ -65,13 +65,11 @@ class Aggregator:
     """Base class: FedAvg-style weights and an empty server state.
 
     Capabilities a subclass declares (the round loop reads them; nothing is probed):
-    ``pools_clients``: one client holds the union of all data (the centralized reference);
     ``needs_loss_probe``: ``step`` takes a keyword ``probe``, a :class:`LossProbe` of the
     round's clients, to measure the actual loss at candidate steps (trust-region damping).
     """
 
     Params: ClassVar[type]
-    pools_clients: ClassVar[bool] = False  # True: one client holds the union of all data
     needs_loss_probe: ClassVar[bool] = False  # True: step(..., probe=LossProbe)
 
     def __init__(self, params: Any) -> None:
@@ -137,19 +135,6 @@ class FedAvg(Aggregator):
 
     def step(self, theta, updates, state):
         return theta + self.params.server_lr * mean_delta(updates)
-
-
-@AGGREGATORS.register("centralized")
-class Centralized(FedAvg):
-    """Reference: one model on the union of all clients' data, one persistent optimizer state.
-
-    It takes as many optimizer steps as one client over the run (rounds x one client's steps
-    per round; ``simulate.centralized_client``) without restarting its optimizer between
-    rounds, and is evaluated at the same rounds as the federated runs, so its curve is one
-    uninterrupted centralized training drawn beside theirs.
-    """
-
-    pools_clients = True
 
 
 @dataclass

@@ -8,6 +8,7 @@ A run config has fixed top-level sections; the keys inside ``task``, ``partition
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -167,6 +168,11 @@ class RunConfig:
     partition_file: str | None = keys.key(None, "a partition written by `fipa partition` (null: drawn here)")
     warmup_checkpoint: str | None = keys.key(None, "start from the final parameters of this warm-up run")
     labels: dict[str, str] = keys.key({}, "grid names for tables; no effect on numbers")
+    reference: str | None = keys.key(
+        None, "null: a federated run; `centralized`: the centralized reference, one model on the union of "
+        "the clients' data with one persistent optimizer state and one client's steps per round "
+        "(fipa/reference.py); its aggregator section is `{name: fedavg}` and final.json records its role "
+        "as `reference`")
     vectorize: typing.Literal["auto", True, False] = keys.key(
         "auto", "local training of a round's clients: `auto` trains them together (stacked parameters, one "
         "`vmap` per step, fipa/vectorized.py) when at least two train per round, the client method allows it "
@@ -198,6 +204,8 @@ class RunConfig:
                 d[f.name] = getattr(self, f.name)
         if not self.plugins:  # absent, not []: the fingerprints of runs without plugins stay as they were
             del d["plugins"]
+        if self.reference is None:  # absent, not null: the fingerprints of federated runs stay as they were
+            del d["reference"]
         return d
 
 
@@ -213,7 +221,7 @@ _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
 
 def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
     """Validate a run config mapping; raise one ConfigError naming the first bad key."""
-    from fipa import aggregators, clients, partition, tasks  # registries fill on import
+    from fipa import aggregators, clients, partition, reference, tasks  # registries fill on import
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at top level")
@@ -258,6 +266,8 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
         "client",
     )
 
+    if isinstance(raw["aggregator"], dict):
+        reference.refuse_aggregator_name(raw["aggregator"].get("name"))
     agg, _ = parse_section(raw["aggregator"], "aggregator", "name", aggregators.AGGREGATORS)
     top = {k: raw[k] for k in _TOP_TYPES if k in raw}
     cfg = RunConfig(
@@ -266,6 +276,7 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
         **{k: _coerce(v, _TOP_TYPES[k], k) for k, v in top.items()},
     )
     _check_top(cfg)
+    reference.check_reference(cfg)
     return cfg
 
 
@@ -287,6 +298,11 @@ def _check_top(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: file {p} does not exist; run its producing step first")
 
 
+def canonical(d: Any) -> str:
+    """A config as final.json stores it (JSON: tuples become lists), as a comparable string."""
+    return json.dumps(json.loads(json.dumps(d, default=str)), sort_keys=True)
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read and validate a run YAML (``safe_load``)."""
     from fipa.io import read_yaml
@@ -304,4 +320,4 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 
 __all__ = ["ConfigError", "RunConfig", "ClientConfig", "parse_run_config", "load_run_config",
-           "parse_params", "field"]
+           "parse_params", "canonical", "field"]
