@@ -15,7 +15,7 @@ the best of ``--reps`` repetitions is reported with the ratio sequential / vecto
 ``--runs`` builds N runs of each task (seeds 0 .. N-1, M = 4 clients, the chosen aggregator)
 and times one round of all of them two ways, interleaved: each run on its own vectorized
 path (today's per-run path, run after run) against all runs' clients stacked in one call
-(``simulate.train_rows``, the lockstep of a batch job); it prints ms per round per run.
+(``work.train_work``, the lockstep of a batch job); it prints ms per round per run.
 
 ``--reproduction`` copies the repository's tracked files (no results/, no .venv) into a
 temporary directory and times ``snakemake --cores 2`` on config/config.yaml twice:
@@ -70,7 +70,7 @@ def time_round(sim, rnd: int, vectorized: bool) -> float:
     """Seconds of round ``rnd`` (sampling, local training, curvature, aggregation) on one path."""
     import torch
 
-    from fipa.simulate import sample_clients
+    from fipa.simulate import round_updates, sample_clients
 
     sim.vectorized = vectorized
     theta = sim.initial_theta()
@@ -79,7 +79,7 @@ def time_round(sim, rnd: int, vectorized: bool) -> float:
     t0 = time.perf_counter()
     chosen = sample_clients(sim.cfg.seed, rnd, len(sim.data), sim.cfg.participation)
     sim.method.begin_round(method_state)
-    updates = sim.round_updates(theta, rnd, chosen, {})
+    updates = round_updates(sim, theta, rnd, chosen, {})
     theta_new = sim.aggregator.step(theta, updates, agg_state)
     sim.method.end_round(theta_new, method_state, len(sim.data))
     assert bool(torch.isfinite(theta_new).all())
@@ -113,8 +113,8 @@ def bench_rounds(args: argparse.Namespace) -> list[dict]:
 
 
 def time_runs_round(sims: list, rnd: int, stacked: bool) -> float:
-    """Seconds of round ``rnd`` of every run in ``sims``: per run, or all rows in one call."""
-    from fipa.simulate import sample_clients, train_rows
+    """Seconds of round ``rnd`` of every run in ``sims``: per run, or all client work in one call."""
+    from fipa.simulate import round_updates, round_work, sample_clients, train_work
 
     thetas = [sim.initial_theta() for sim in sims]
     t0 = time.perf_counter()
@@ -122,12 +122,12 @@ def time_runs_round(sims: list, rnd: int, stacked: bool) -> float:
     for sim in sims:
         sim.method.begin_round({}, rnd)
     if stacked:
-        rows = [row for sim, th, ch in zip(sims, thetas, chosen, strict=True)
-                for row in sim.rows(th, rnd, ch, {})]
-        updates = iter(train_rows(rows, True))
+        work = [unit for sim, th, ch in zip(sims, thetas, chosen, strict=True)
+                for unit in round_work(sim, th, rnd, ch, {})]
+        updates = iter(train_work(work, True))
         per_run = [[next(updates) for _ in ch] for ch in chosen]
     else:
-        per_run = [sim.round_updates(th, rnd, ch, {})
+        per_run = [round_updates(sim, th, rnd, ch, {})
                    for sim, th, ch in zip(sims, thetas, chosen, strict=True)]
     for sim, th, ups in zip(sims, thetas, per_run, strict=True):
         sim.aggregator.step(th, ups, sim.aggregator.init_state(th))

@@ -128,7 +128,7 @@ def run_cells(cells: list[CellJob], make_log: Callable[[CellJob], Callable[[str]
     batch rerun because one cell's config changed recomputes that cell only); a cell with a
     checkpoint resumes at its last round; a cell whose config is bad fails alone, with the
     message ``fipa train`` would give, and the others go on. The remaining cells advance in
-    lockstep (``simulate.train_lockstep``): cells that share task settings, client config and
+    lockstep (``loop.train_lockstep``): cells that share task settings, client config and
     model train their clients in one vectorized call per round (the runs axis), each keeping
     its own run directory, log, checkpoint and benchmark record (whose ``s`` is the cell's
     share of its group's wall time). ``status`` turns a finished cell into its progress line.
@@ -136,7 +136,7 @@ def run_cells(cells: list[CellJob], make_log: Callable[[CellJob], Callable[[str]
     (its numbers bit for bit): the workflow's bundles of short ``batch: false`` cells, whose
     point is one process start for many cells, not a shared round loop.
     """
-    from fipa.simulate import finished_run, prepare_run_dir
+    from fipa.rundir import finished_run, prepare_run_dir
 
     check_distinct_outputs(cells)
     results: dict[str, dict | None] = {}
@@ -166,7 +166,8 @@ def _run_jobs(jobs: list[tuple[CellJob, Any, str]], make_log, echo, status, thre
               ) -> dict[str, dict | None]:
     """Build and train cells of one device in lockstep; a failing cell fails alone."""
     from fipa import devices
-    from fipa.simulate import RunLoop, Simulation, prepared, train_lockstep
+    from fipa.loop import RunLoop, prepared, train_lockstep
+    from fipa.simulation import Simulation
 
     results: dict[str, dict | None] = {}
     with devices.claim(jobs[0][1].device) as device:
@@ -211,7 +212,7 @@ def _failed(cell: CellJob, make_log, echo: Callable[[str], None], message: str) 
 
 def _alone(loop, echo: Callable[[str], None], label: str, on_done) -> dict | None:
     """Train one cell by itself from its last checkpoint; None (and the traceback) if it crashes."""
-    from fipa.simulate import RunLoop, train_lockstep
+    from fipa.loop import RunLoop, train_lockstep
 
     try:
         fresh = RunLoop(loop.sim, loop.outdir, loop.log, loop.label)

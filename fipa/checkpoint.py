@@ -23,7 +23,7 @@ from fipa.config import RunConfig
 from fipa.errors import ConfigError, UnreadableFileError
 
 CHECKPOINT = "checkpoint.pt"
-# the files of a run directory (fipa/simulate.py writes them): an export must never replace one
+# the files of a run directory (fipa/loop.py writes them): an export must never replace one
 RUN_FILES = (CHECKPOINT, "final.json", "metrics.csv", "run.yaml")
 # keys that may change between a run and its resumption without changing its numbers
 # (vectorize: the two local-training paths agree up to floating-point rounding)

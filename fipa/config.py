@@ -8,6 +8,7 @@ A run config has fixed top-level sections; the keys inside ``task``, ``partition
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -287,6 +288,11 @@ def _check_top(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: file {p} does not exist; run its producing step first")
 
 
+def canonical(d: Any) -> str:
+    """A config as final.json stores it (JSON: tuples become lists), as a comparable string."""
+    return json.dumps(json.loads(json.dumps(d, default=str)), sort_keys=True)
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read and validate a run YAML (``safe_load``)."""
     from fipa.io import read_yaml
@@ -304,4 +310,4 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 
 __all__ = ["ConfigError", "RunConfig", "ClientConfig", "parse_run_config", "load_run_config",
-           "parse_params", "field"]
+           "parse_params", "canonical", "field"]

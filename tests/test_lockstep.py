@@ -13,7 +13,8 @@ import pytest
 
 from fipa.batch import CellJob, run_cells
 from fipa.config import parse_run_config
-from fipa.simulate import RunLoop, Simulation, _lockstep_groups, train
+from fipa.loop import RunLoop, _lockstep_groups, train
+from fipa.simulation import Simulation
 from tests.helpers import available_aggregators, sigkill_after_round, tiny
 
 RTOL = 1e-9

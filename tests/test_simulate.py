@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +52,7 @@ def test_metrics_and_final_contract(tmp_path):
     assert final["best"]["test_mse"] == m["test_mse"].min()
     assert final["config"]["aggregator"]["rho"] == 1e-3
     assert final["versions"]["torch"] == torch.__version__
+    assert final["versions"]["fipa"] == metadata.version("fipa")  # pyproject's version, not a copy
     assert json.loads((tmp_path / "final.json").read_text()) == json.loads(json.dumps(final))
 
 

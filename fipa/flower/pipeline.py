@@ -28,7 +28,7 @@ from fipa.flower.client import fipa_reply, model_reply
 from fipa.flower.records import flat_record, flatten_record
 from fipa.flower.strategy import RANK, FIPAStrategy
 from fipa.io import write_csv
-from fipa.simulate import Row, Simulation, prepared, train_rows
+from fipa.simulate import ClientWork, Simulation, prepared, train_work
 
 AGGREGATORS_IN_FLOWER = ("fipa", "fedavg", "flower")
 
@@ -98,7 +98,8 @@ class FlowerJob:
         rnd = int(config["server-round"])
         method = self.sim.method
         method.begin_round(method.init_server_state(theta), rnd)
-        (update,) = train_rows([Row(self.sim, theta, rnd, client, method.init_state(theta))], vectorize=False)
+        (update,) = train_work([ClientWork(self.sim, theta, rnd, client, method.init_state(theta))],
+                               vectorize=False)
         if RANK in config:
             return fipa_reply(msg, update.delta, update.num_samples, update.factor, client_id=client)
         return model_reply(msg, theta + update.delta, update.num_samples)
