@@ -174,7 +174,10 @@ class Simulation:
 
     def stack_key(self) -> str | None:
         """Runs with equal keys can train their rows in one vectorized call (the runs axis); None:
-        this run trains alone (its method or model cannot stack, or it is the centralized reference)."""
+        this run trains alone (its model cannot stack, its method declares an ``alone_reason``, or
+        it is the centralized reference)."""
+        if self.method.alone_reason is not None:
+            return None
         if self.aggregator.pools_clients or self.cfg.vectorize is False:
             return None
         if not self.vectorized and self.path_reason != "one client per round":

@@ -82,6 +82,10 @@ class ClientMethod:
     # server (SCAFFOLD's c, FedDyn's h), all zero at the start
     client_state_keys: ClassVar[tuple[str, ...]] = ()
     server_state_keys: ClassVar[tuple[str, ...]] = ()
+    # why the runs of this method train alone instead of stacked with other runs' clients in one
+    # call (the runs axis, fipa/loop.py); None: they stack. Not a capability (every method stacks,
+    # its state being passed in): a choice about reproducing numbers made before
+    alone_reason: ClassVar[str | None] = None
 
     def __init__(self, cfg: ClientConfig, keep_optimizer: bool = False) -> None:
         self.cfg = cfg
