@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fipa import buffers, vectorized
+from fipa import buffers, stacked_curvature, vectorized
 from fipa.aggregators import ClientUpdate
 from fipa.curvature import client_curvature
 from fipa.curvature_request import CurvatureRequest, CurvatureUpload
@@ -145,7 +145,7 @@ def _curvature(request: CurvatureRequest, work: list[ClientWork], at: list[torch
     lead = work[0].sim
     shared = all(a is at[0] for a in at)
     points = at[0] if shared else torch.stack(at)  # [P] or [units, P]
-    return vectorized.round_curvature(request, lead.client_model, points, [w.data for w in work], gens)
+    return stacked_curvature.round_curvature(request, lead.client_model, points, [w.data for w in work], gens)
 
 
 def _by_request(work: list[ClientWork]) -> list[tuple[CurvatureRequest, list[int]]]:

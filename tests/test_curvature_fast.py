@@ -28,7 +28,7 @@ from fipa.curvature import (
     per_sample_rows,
 )
 from fipa.simulate import train
-from fipa.vectorized import round_curvature
+from fipa.stacked_curvature import round_curvature
 from tests.helpers import digits_cnn_client
 
 DT = torch.float64

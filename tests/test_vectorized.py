@@ -24,6 +24,7 @@ from fipa.curvature import CurvatureRequest, client_curvature
 from fipa.params import ParamLayout, call
 from fipa.round_context import RoundContext
 from fipa.simulate import Simulation, train
+from fipa.stacked_curvature import round_curvature
 from fipa.tasks.regression import ACTIVATIONS, mlp
 from fipa.vectorized import (
     AUTO_VECTORIZE_WORK,
@@ -31,7 +32,6 @@ from fipa.vectorized import (
     choose_path,
     direct_path,
     local_train,
-    round_curvature,
     stacked_model,
 )
 from tests.helpers import available_aggregators, tiny

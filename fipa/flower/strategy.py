@@ -35,7 +35,7 @@ class FIPAStrategy(FedAvg):
         H = sum_m w_m A_m^T A_m,  w_m = N_m / sum_j N_j,  lambda = rho lambda_max(H)
 
     solved in range(H) from the clients' low-rank factors, never forming P x P. The server
-    step is the registered ``fipa`` aggregator of fipa/aggregators.py built from its own
+    step is the registered ``fipa`` aggregator of fipa/aggregators/fipa.py built from its own
     Params, so damping, complement and curvature memory are the pipeline's, option for option.
 
     Parameters
