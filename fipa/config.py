@@ -168,6 +168,11 @@ class RunConfig:
     partition_file: str | None = keys.key(None, "a partition written by `fipa partition` (null: drawn here)")
     warmup_checkpoint: str | None = keys.key(None, "start from the final parameters of this warm-up run")
     labels: dict[str, str] = keys.key({}, "grid names for tables; no effect on numbers")
+    reference: str | None = keys.key(
+        None, "null: a federated run; `centralized`: the centralized reference, one model on the union of "
+        "the clients' data with one persistent optimizer state and one client's steps per round "
+        "(fipa/reference.py); its aggregator section is `{name: fedavg}` and final.json records its role "
+        "as `reference`")
     vectorize: typing.Literal["auto", True, False] = keys.key(
         "auto", "local training of a round's clients: `auto` trains them together (stacked parameters, one "
         "`vmap` per step, fipa/vectorized.py) when at least two train per round, the client method allows it "
@@ -199,6 +204,8 @@ class RunConfig:
                 d[f.name] = getattr(self, f.name)
         if not self.plugins:  # absent, not []: the fingerprints of runs without plugins stay as they were
             del d["plugins"]
+        if self.reference is None:  # absent, not null: the fingerprints of federated runs stay as they were
+            del d["reference"]
         return d
 
 
@@ -214,7 +221,7 @@ _CLIENT_KEYS = {f.name for f in dataclasses.fields(ClientConfig)} - {"params"}
 
 def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
     """Validate a run config mapping; raise one ConfigError naming the first bad key."""
-    from fipa import aggregators, clients, partition, tasks  # registries fill on import
+    from fipa import aggregators, clients, partition, reference, tasks  # registries fill on import
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at top level")
@@ -259,6 +266,8 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
         "client",
     )
 
+    if isinstance(raw["aggregator"], dict):
+        reference.refuse_aggregator_name(raw["aggregator"].get("name"))
     agg, _ = parse_section(raw["aggregator"], "aggregator", "name", aggregators.AGGREGATORS)
     top = {k: raw[k] for k in _TOP_TYPES if k in raw}
     cfg = RunConfig(
@@ -267,6 +276,7 @@ def parse_run_config(raw: Any, source: str = "run config") -> RunConfig:
         **{k: _coerce(v, _TOP_TYPES[k], k) for k, v in top.items()},
     )
     _check_top(cfg)
+    reference.check_reference(cfg)
     return cfg
 
 

@@ -29,13 +29,16 @@ class PartitionInput:
 
 class Scheme(Protocol):
     Params: type
+    covers_all: bool  # every sample goes to some client (a partition file is checked for it)
 
     def __call__(
         self, data: PartitionInput, clients: int, rng: np.random.Generator, params: Any
     ) -> list[np.ndarray]: ...
 
 
-SCHEMES: Registry[Scheme] = Registry("partition scheme")
+# ``covers_all``: the scheme gives every sample to some client; one that leaves samples out
+# registers with covers_all=False (``@SCHEMES.register(name, params=..., covers_all=False)``)
+SCHEMES: Registry[Scheme] = Registry("partition scheme", declares={"covers_all": True})
 
 
 def _require_nonempty(parts: list[np.ndarray], hint: str) -> list[np.ndarray]:

@@ -67,7 +67,7 @@ def _part_origin(data: dict, cfg: RunConfig, n: int) -> str | None:
 
 def _part_indices(data: dict, cfg: RunConfig, n: int) -> str | None:
     """Indices in [0, n), each sample held by at most one client, no client empty, and every sample
-    held where the scheme promises it (``covers_all``, the built-in schemes do)."""
+    held where the scheme promises it (its declared ``covers_all``; the built-in schemes do)."""
     parts = data["indices"]
     flat = [i for p in parts for i in p]
     if any(i < 0 or i >= n for i in flat):
@@ -77,7 +77,7 @@ def _part_indices(data: dict, cfg: RunConfig, n: int) -> str | None:
     empty = [m for m, p in enumerate(parts) if not p]
     if empty:
         return f"gives client {empty[0]} no sample"
-    if len(flat) != n and getattr(SCHEMES.get(cfg.partition.name), "covers_all", True):
+    if len(flat) != n and SCHEMES.get(cfg.partition.name).covers_all:
         return f"leaves {n - len(flat)} of the {n} samples to no client"
     return None
 

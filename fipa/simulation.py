@@ -8,9 +8,8 @@ resumed from a checkpoint ends with exactly the numbers of an uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,15 +17,15 @@ import torch
 from fipa import buffers, devices
 from fipa.aggregators import AGGREGATORS, Aggregator, LossProbe
 from fipa.checkpoint import Expected, RunState, load_warmup
-from fipa.client_config import ClientConfig
 from fipa.client_model import ClientModel
-from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size, steps_per_round
+from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size
 from fipa.config import RunConfig
 from fipa.errors import ConfigError
 from fipa.losses import hessian_scale, mean_loss
 from fipa.params import ParamLayout
 from fipa.partition import make_partition
 from fipa.partition_file import load_partition
+from fipa.reference import Regime, run_regime
 from fipa.tasks import build_task
 from fipa.tasks.base import Batch, Task, num_samples
 from fipa.threads import ThreadChoice
@@ -91,6 +90,7 @@ class Simulation:
     path_reason: str = "sequential"
     threads: ThreadChoice | None = None  # torch CPU threads of the run (fipa/threads.py)
     warmup: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None  # (theta [P], buffers) to start from
+    regime: Regime = field(default_factory=Regime)  # federated, or a reference (fipa/reference.py)
     # task, model and layout as every client computes with them: built once, here or in __post_init__
     client_model: ClientModel = None  # type: ignore[assignment]
 
@@ -110,11 +110,9 @@ class Simulation:
             parts = load_partition(cfg.partition_file, cfg, pin.n)
         else:
             parts = make_partition(pin, cfg.partition.name, cfg.clients, cfg.partition.params, cfg.seed)
-        client_cfg = cfg.client
-        if agg.pools_clients:
-            client_cfg = centralized_client(cfg.client, [len(p) for p in parts])
-            parts = [np.sort(np.concatenate(parts))]
-        method = CLIENT_METHODS.get(cfg.client.method)(client_cfg, keep_optimizer=agg.pools_clients)
+        regime = run_regime(cfg)
+        client_cfg, parts = regime.clients(cfg.client, parts)
+        method = CLIENT_METHODS.get(cfg.client.method)(client_cfg, keep_optimizer=regime.keep_optimizer)
         method.check_task(task)
         data = [{k: v.to(device) for k, v in task.client_data(p).items()} for p in parts]
         check_model_fits(task, dtype, device)
@@ -131,7 +129,7 @@ class Simulation:
         if cfg.warmup_checkpoint:  # read (and checked) here: a bad file fails before any run directory
             like = layout.flatten(dict(model.named_parameters())).detach()
             warm = load_warmup(cfg.warmup_checkpoint, like, buffers.read(model), layout.architecture)
-        return cls(cfg, task, model, layout, data, agg, method, device, vec, why, warmup=warm,
+        return cls(cfg, task, model, layout, data, agg, method, device, vec, why, warmup=warm, regime=regime,
                    client_model=cm)
 
     def fresh_state(self, theta: torch.Tensor) -> RunState:
@@ -175,10 +173,10 @@ class Simulation:
     def stack_key(self) -> str | None:
         """Runs with equal keys can train their rows in one vectorized call (the runs axis); None:
         this run trains alone (its model cannot stack, its method declares an ``alone_reason``, or
-        it is the centralized reference)."""
+        its regime trains alone)."""
         if self.method.alone_reason is not None:
             return None
-        if self.aggregator.pools_clients or self.cfg.vectorize is False:
+        if self.regime.trains_alone or self.cfg.vectorize is False:
             return None
         if not self.vectorized and self.path_reason != "one client per round":
             return None  # the size rule or the model's layers keep this run off the vectorized path
@@ -205,17 +203,3 @@ class Simulation:
                            for w, d in zip(weights, datas, strict=True))
 
         return LossProbe(loss, len(chosen), hessian_scale(self.task.loss_kind))
-
-
-def centralized_client(cfg: ClientConfig, sizes: list[int]) -> ClientConfig:
-    """The local work of the centralized reference's single client (pooled data).
-
-    The reference is one model trained on the union of the clients' data for as many
-    optimizer steps as one client takes over the run (rounds x its steps per round, the
-    mean over clients where their sizes differ), with one persistent optimizer state
-    (``ClientMethod.keep_optimizer``). ``local_epochs`` are a client's epochs, so they are
-    converted to that client's step count; on the pooled data the same count covers 1/M of
-    an epoch's worth of minibatches per client, not M times as many steps.
-    """
-    steps = round(sum(steps_per_round(n, cfg) for n in sizes) / len(sizes))
-    return dataclasses.replace(cfg, local_steps=max(1, steps))

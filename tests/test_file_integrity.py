@@ -200,6 +200,23 @@ def test_the_partition_file_itself_still_trains(runs, tmp_path):
     assert train({**BASE, "partition_file": str(runs["partition"])}, tmp_path / "run") == 0
 
 
+def test_a_scheme_that_leaves_samples_out_declares_it(monkeypatch):
+    """``covers_all`` is declared on the scheme registry (default true): a file of a scheme
+    registered with covers_all=False may leave samples to no client, one of a built-in may not."""
+    from types import SimpleNamespace
+
+    from fipa.partition import SCHEMES
+    from fipa.partition_file import _part_indices
+
+    monkeypatch.setattr(SCHEMES, "_entries", dict(SCHEMES._entries))
+    SCHEMES.register("subset", covers_all=False)(lambda data, clients, rng, params: [])
+    data = {"indices": [[0, 1], [2]]}
+    of = lambda scheme: SimpleNamespace(partition=SimpleNamespace(name=scheme))  # noqa: E731
+    assert _part_indices(data, of("subset"), 4) is None
+    assert _part_indices(data, of("iid"), 4) == "leaves 1 of the 4 samples to no client"
+    assert all(SCHEMES.get(name).covers_all for name in SCHEMES.names() if name != "subset")
+
+
 # ----------------------------------------------------------------------------- warm-up states
 
 

@@ -30,13 +30,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ADAPTIVE = {"name": "fipa", "rho": 1e-3, "rank": 4, "damping": "adaptive", "memory": "curvature",
             "truncation": 0.1}
+CENTRALIZED = {"aggregator": {"name": "fedavg"}, "reference": "centralized"}
 
 
 def grid(base: dict, seeds=(0, 1)) -> list[dict]:
     """Every aggregator (and FIPA's adaptive damping with curvature memory, whose server state
-    grows over the rounds) x seeds of ``base``: the cells of one batch job."""
+    grows over the rounds) x seeds of ``base``, then the centralized reference's seeds: the cells
+    of one batch job."""
     aggs = [{"name": a, **AGG_PARAMS.get(a, {})} for a in available_aggregators()] + [ADAPTIVE]
-    return [{**base, "seed": s, "aggregator": agg} for agg in aggs for s in seeds]
+    return [{**base, "seed": s, "aggregator": agg} for agg in aggs for s in seeds] + [
+        {**base, "seed": s, **CENTRALIZED} for s in seeds]
 
 
 def metrics(path) -> np.ndarray:
@@ -51,7 +54,7 @@ def assert_lockstep_equals_alone(cfgs: list[dict], tmp_path) -> None:
         alone = tmp_path / "alone" / str(i)
         train(parse_run_config(c), alone, log=lambda s: None, threads=1)
         np.testing.assert_allclose(metrics(tmp_path / "stacked" / str(i)), metrics(alone), rtol=RTOL, atol=0,
-                                   err_msg=json.dumps(c["aggregator"]))
+                                   err_msg=json.dumps([c["aggregator"], c.get("reference")]))
 
 
 def test_cells_stack_into_one_group_per_round(tmp_path):
@@ -62,8 +65,8 @@ def test_cells_stack_into_one_group_per_round(tmp_path):
              for i, c in enumerate(cfgs)]
     groups = _lockstep_groups(loops)
     sizes = sorted(len(g) for g in groups)
-    federated = 3 * len(available_aggregators())  # every aggregator but centralized, plus ADAPTIVE
-    assert sizes == [1, 1, 1, 1, federated]  # 3 centralized seeds and the SCAFFOLD cell alone
+    federated = 3 * (len(available_aggregators()) + 1)  # every aggregator, plus ADAPTIVE
+    assert sizes == [1, 1, 1, 1, federated]  # 3 centralized reference seeds and the SCAFFOLD cell alone
 
 
 def test_regression_lockstep_equals_alone_unequal_sizes_partial_participation(tmp_path):

@@ -64,11 +64,14 @@ def test_resume_extends_a_finished_run_to_the_same_numbers(tmp_path):
                                   metrics_without_wall(tmp_path / "straight"), check_exact=True)
 
 
-@pytest.mark.parametrize("aggregator", ["fipa", "centralized"])
-def test_sigkill_mid_run_then_restart_matches_uninterrupted(tmp_path, aggregator):
-    """Centralized too: its persistent optimizer state is part of the checkpoint."""
-    agg = {"fipa": {}, "centralized": {"name": "centralized"}}[aggregator]
-    cfg = tiny(rounds=40, client={"local_epochs": 6}, task={"n_train": 128}, aggregator=agg)
+CENTRALIZED = {"aggregator": {"name": "fedavg"}, "reference": "centralized"}
+
+
+@pytest.mark.parametrize("regime", ["fipa", "centralized"])
+def test_sigkill_mid_run_then_restart_matches_uninterrupted(tmp_path, regime):
+    """The centralized reference too: its persistent optimizer state is part of the checkpoint."""
+    over = {"fipa": {}, "centralized": CENTRALIZED}[regime]
+    cfg = tiny(rounds=40, client={"local_epochs": 6}, task={"n_train": 128}, **over)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "killed"
@@ -98,7 +101,7 @@ def test_divergence_ends_the_run_and_is_reported(tmp_path):
 
 
 def test_centralized_pools_all_clients_into_one():
-    sim = Simulation.build(parse_run_config(tiny(aggregator={"name": "centralized"})))
+    sim = Simulation.build(parse_run_config(tiny(**CENTRALIZED)))
     assert len(sim.data) == 1 and sim.data[0]["x"].shape[0] == 64
     fed = Simulation.build(parse_run_config(tiny(aggregator={"name": "fedavg"})))
     assert len(fed.data) == 4
@@ -109,7 +112,7 @@ def test_centralized_pools_all_clients_into_one():
 PINN = {"task": {"name": "pde", "problem": "poisson1d", "n_domain": 40, "hidden": [8, 8], "test_points": 50},
         "partition": {"scheme": "domain_split", "clients": 4, "pieces": 1},
         "client": {"method": "local", "optimizer": "adam", "lr": 0.01, "local_steps": 10},
-        "aggregator": {"name": "centralized"}, "rounds": 3, "eval_every": 3, "seed": 0}
+        **CENTRALIZED, "rounds": 3, "eval_every": 3, "seed": 0}
 
 
 def test_centralized_is_one_uninterrupted_training():
@@ -120,8 +123,7 @@ def test_centralized_is_one_uninterrupted_training():
     for k in ("train_loss", "test_loss", "rel_l2"):
         assert three[k] == pytest.approx(one[k], rel=1e-10)
     # the oracle can fail: one client that restarts Adam every round (FedAvg of M = 1) does not match
-    restarted = train_final({**PINN, "aggregator": {"name": "fedavg"},
-                             "partition": {"scheme": "iid", "clients": 1}})
+    restarted = train_final({**PINN, "reference": None, "partition": {"scheme": "iid", "clients": 1}})
     assert abs(restarted["train_loss"] - one["train_loss"]) > 1e-3 * one["train_loss"]
 
 
@@ -135,7 +137,7 @@ def train_final(cfg: dict) -> dict:
 def test_centralized_takes_one_clients_steps_per_round(tmp_path):
     """local_epochs count a client's epochs: 64 samples over 4 iid clients (16 each), batch 8,
     2 epochs = 4 steps a round, so 4 rounds are 16 steps on the pooled data (not 4 x 16)."""
-    run(tiny(aggregator={"name": "centralized"}, partition={"scheme": "iid", "clients": 4}), tmp_path)
+    run(tiny(**CENTRALIZED, partition={"scheme": "iid", "clients": 4}), tmp_path)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert int(ckpt["client_states"]["0"]["opt.step"]) == 4 * 4
 

@@ -269,7 +269,8 @@ def test_auto_rule_and_overrides():
     assert sim.layout.numel * 8 > AUTO_VECTORIZE_WORK and not sim.vectorized
     assert Simulation.build(parse_run_config({**big, "vectorize": True})).vectorized
     # one client per round, or one pooled client: nothing to stack
-    assert not Simulation.build(parse_run_config(tiny(aggregator={"name": "centralized"}))).vectorized
+    pooled = tiny(aggregator={"name": "fedavg"}, reference="centralized")
+    assert not Simulation.build(parse_run_config(pooled)).vectorized
     with pytest.raises(ConfigError, match="vectorize"):
         parse_run_config({**base, "vectorize": "yes"})
 

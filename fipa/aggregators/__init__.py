@@ -21,13 +21,13 @@ from fipa.aggregators.base import (
     mean_delta,
 )
 from fipa.aggregators.diag_fisher import DiagFisher, DiagFisherParams
-from fipa.aggregators.fedavg import Centralized, FedAvg, FedAvgM, FedAvgMParams
+from fipa.aggregators.fedavg import FedAvg, FedAvgM, FedAvgMParams
 from fipa.aggregators.fipa import FIPA, FIPAParams
 from fipa.aggregators.fipa_system import FIPASystem, fipa_direction
 from fipa.round_context import LossProbe, RoundContext
 
 __all__ = [
-    "AGGREGATORS", "FIPA", "AdaptiveParams", "Aggregator", "Centralized", "ClientUpdate", "DiagFisher",
+    "AGGREGATORS", "FIPA", "AdaptiveParams", "Aggregator", "ClientUpdate", "DiagFisher",
     "DiagFisherParams", "FIPAParams", "FIPASystem", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM",
     "FedAvgMParams", "FedOpt", "FedYogi", "LossProbe", "RoundContext", "ServerLRParams", "State",
     "client_weights", "fipa_direction", "mean_delta",

@@ -52,14 +52,12 @@ class Aggregator:
     """Base class: FedAvg-style weights and an empty server state.
 
     What a subclass declares (the round loop reads it; nothing is probed):
-    ``pools_clients``: one client holds the union of all data (the centralized reference);
     ``needs_loss_probe``: the round's :class:`~fipa.round_context.RoundContext` carries a
     ``probe`` of the round's clients' loss, to measure the actual loss at candidate steps
     (trust-region damping); ``curvature_request()``: the curvature clients upload.
     """
 
     Params: ClassVar[type]
-    pools_clients: ClassVar[bool] = False  # True: one client holds the union of all data
 
     def __init__(self, params: Any) -> None:
         self.params = params

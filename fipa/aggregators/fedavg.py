@@ -1,4 +1,4 @@
-"""Averaging: FedAvg, its server momentum (FedAvgM), and the centralized reference."""
+"""Averaging: FedAvg and its server momentum (FedAvgM)."""
 
 from __future__ import annotations
 
@@ -18,19 +18,6 @@ class FedAvg(Aggregator):
 
     def step(self, theta, updates, state, ctx):
         return theta + self.params.server_lr * mean_delta(updates)
-
-
-@AGGREGATORS.register("centralized")
-class Centralized(FedAvg):
-    """Reference: one model on the union of all clients' data, one persistent optimizer state.
-
-    It takes as many optimizer steps as one client over the run (rounds x one client's steps
-    per round; ``simulate.centralized_client``) without restarting its optimizer between
-    rounds, and is evaluated at the same rounds as the federated runs, so its curve is one
-    uninterrupted centralized training drawn beside theirs.
-    """
-
-    pools_clients = True
 
 
 @dataclass
