@@ -76,15 +76,16 @@ def cell(base: dict[str, Any], method: str, aggregator: str, vectorize: bool, se
 
 
 def run_alone(out: Path) -> None:
-    """One ``fipa.simulate.train`` per (setting, path, method, aggregator), and the centralized reference."""
+    """One ``fipa.simulate.train`` per (setting, path, method, aggregator), and the centralized reference
+    (one pooled client: ``reference: centralized``)."""
     from fipa.config import parse_run_config
     from fipa.simulate import train
 
     for name, base, methods, paths in SETTINGS:
         for vec in paths:
             runs = [(m, a, cell(base, m, a, vec)) for m in methods for a in AGGREGATORS]
-            central = cell(base, "local", "fedavg", vec)
-            central["aggregator"] = {"name": "centralized"}
+            # the centralized reference, a run-level regime (written `aggregator: {name: centralized}` before)
+            central = {**cell(base, "local", "fedavg", vec), "reference": "centralized"}
             runs.append(("local", "centralized", central))
             for method, agg, cfg in runs:
                 t0 = time.perf_counter()
