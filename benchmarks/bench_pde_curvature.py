@@ -21,11 +21,13 @@ os.environ.setdefault("DDE_BACKEND", "pytorch")
 
 import torch  # noqa: E402
 
+from fipa.client_model import ClientModel  # noqa: E402
 from fipa.clients import CLIENT_METHODS  # noqa: E402
 from fipa.config import ClientConfig, parse_params  # noqa: E402
 from fipa.curvature import CurvatureRequest, client_curvature  # noqa: E402
 from fipa.params import ParamLayout  # noqa: E402
 from fipa.partition import DomainSplitParams, make_partition  # noqa: E402
+from fipa.round_context import RoundContext  # noqa: E402
 from fipa.tasks.pde import PINN, PROBLEMS, PDEParams  # noqa: E402
 
 # the default-reproduction settings of notes/pde-default-config.yaml (time-dependent problems
@@ -66,10 +68,10 @@ def bench(problem: str, args: argparse.Namespace) -> dict[str, float]:
     cfg = ClientConfig(optimizer="adam", lr=1e-3, local_steps=args.local_steps)
     method = CLIENT_METHODS.get("local")(cfg)
     gen = torch.Generator().manual_seed(0)
-    request = CurvatureRequest("lowrank", rank=args.rank)
-    t_train = median_time(lambda: method.train(task, model, layout, theta, data, gen, {}), args.repeats)
-    t_curv = median_time(
-        lambda: client_curvature(request, task, model, layout, theta, data, gen), args.repeats)
+    request = CurvatureRequest(kind="lowrank", rank=args.rank, curvature_method="exact")
+    cm = ClientModel(task, model, layout)
+    t_train = median_time(lambda: method.train(cm, theta, data, gen, {}, RoundContext(1)), args.repeats)
+    t_curv = median_time(lambda: client_curvature(request, cm, theta, data, gen), args.repeats)
     return {"P": layout.numel, "n": len(parts[0]), "train": t_train, "curv": t_curv}
 
 

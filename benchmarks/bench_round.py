@@ -70,6 +70,7 @@ def time_round(sim, rnd: int, vectorized: bool) -> float:
     """Seconds of round ``rnd`` (sampling, local training, curvature, aggregation) on one path."""
     import torch
 
+    from fipa.round_context import RoundContext
     from fipa.simulate import round_updates, sample_clients
 
     sim.vectorized = vectorized
@@ -78,10 +79,11 @@ def time_round(sim, rnd: int, vectorized: bool) -> float:
     method_state = sim.method.init_server_state(theta)
     t0 = time.perf_counter()
     chosen = sample_clients(sim.cfg.seed, rnd, len(sim.data), sim.cfg.participation)
-    sim.method.begin_round(method_state)
-    updates = round_updates(sim, theta, rnd, chosen, {})
-    theta_new = sim.aggregator.step(theta, updates, agg_state)
-    sim.method.end_round(theta_new, method_state, len(sim.data))
+    updates = round_updates(sim, theta, rnd, chosen, {}, method_state)
+    probe = sim.loss_probe(chosen) if sim.aggregator.needs_loss_probe else None
+    ctx = RoundContext(rnd, method_state, probe)
+    theta_new = sim.aggregator.step(theta, updates, agg_state, ctx)
+    sim.method.end_round(theta_new, updates, ctx, len(sim.data))
     assert bool(torch.isfinite(theta_new).all())
     return time.perf_counter() - t0
 
@@ -114,23 +116,23 @@ def bench_rounds(args: argparse.Namespace) -> list[dict]:
 
 def time_runs_round(sims: list, rnd: int, stacked: bool) -> float:
     """Seconds of round ``rnd`` of every run in ``sims``: per run, or all client work in one call."""
+    from fipa.round_context import RoundContext
     from fipa.simulate import round_updates, round_work, sample_clients, train_work
 
     thetas = [sim.initial_theta() for sim in sims]
+    servers = [sim.method.init_server_state(th) for sim, th in zip(sims, thetas, strict=True)]
     t0 = time.perf_counter()
     chosen = [sample_clients(sim.cfg.seed, rnd, len(sim.data), sim.cfg.participation) for sim in sims]
-    for sim in sims:
-        sim.method.begin_round({}, rnd)
     if stacked:
-        work = [unit for sim, th, ch in zip(sims, thetas, chosen, strict=True)
-                for unit in round_work(sim, th, rnd, ch, {})]
-        updates = iter(train_work(work, True))
-        per_run = [[next(updates) for _ in ch] for ch in chosen]
+        work = [unit for sim, th, ch, server in zip(sims, thetas, chosen, servers, strict=True)
+                for unit in round_work(sim, th, rnd, ch, {}, server)]
+        results = iter(train_work(work, True))
+        per_run = [[next(results).update for _ in ch] for ch in chosen]
     else:
-        per_run = [round_updates(sim, th, rnd, ch, {})
-                   for sim, th, ch in zip(sims, thetas, chosen, strict=True)]
+        per_run = [round_updates(sim, th, rnd, ch, {}, server)
+                   for sim, th, ch, server in zip(sims, thetas, chosen, servers, strict=True)]
     for sim, th, ups in zip(sims, thetas, per_run, strict=True):
-        sim.aggregator.step(th, ups, sim.aggregator.init_state(th))
+        sim.aggregator.step(th, ups, sim.aggregator.init_state(th), RoundContext(rnd))
     return time.perf_counter() - t0
 
 

@@ -100,20 +100,23 @@ def build(args):
 def phase_epoch(args) -> dict:
     import torch
 
+    from fipa.client_model import ClientModel
     from fipa.clients import ClientMethod, LocalParams
     from fipa.config import ClientConfig
+    from fipa.round_context import RoundContext
 
     task, model, layout, theta, data, device = build(args)
+    cm, ctx = ClientModel(task, model, layout), RoundContext(1)
     data = {k: v[: args.epoch_samples] for k, v in data.items()}
     cfg = ClientConfig(optimizer="sgd", lr=0.05, local_epochs=1, batch_size=args.batch_size,
                        params=LocalParams())
     method = ClientMethod(cfg)
     if args.warm:  # one untimed minibatch: kernels and allocator warm, as in round 2 onwards
-        method.train(task, model, layout, theta, {k: v[: args.batch_size] for k, v in data.items()},
-                     torch.Generator().manual_seed(0), {})
+        method.train(cm, theta, {k: v[: args.batch_size] for k, v in data.items()},
+                     torch.Generator().manual_seed(0), {}, ctx)
     with PeakMemory(device) as mem:
         t = time.perf_counter()
-        method.train(task, model, layout, theta, data, torch.Generator().manual_seed(0), {})
+        method.train(cm, theta, data, torch.Generator().manual_seed(0), {}, ctx)
         sync(device)
         elapsed = time.perf_counter() - t
     return {"seconds": elapsed, "peak_bytes": mem.peak, "P": theta.numel()}
@@ -122,27 +125,29 @@ def phase_epoch(args) -> dict:
 def curvature_request(args, samples: int | None):
     from fipa.curvature import CurvatureRequest
 
-    return CurvatureRequest("lowrank", rank=args.rank, samples=samples, method=args.curv_method,
-                            fisher=args.fisher, oversample=args.oversample, power_iters=args.power_iters,
-                            chunk=args.chunk)
+    return CurvatureRequest(kind="lowrank", rank=args.rank, curvature_samples=samples,
+                            curvature_method=args.curv_method, curvature_fisher=args.fisher,
+                            oversample=args.oversample, power_iters=args.power_iters, chunk=args.chunk)
 
 
 def phase_curv(args) -> dict:
     import torch
 
+    from fipa.client_model import ClientModel
     from fipa.curvature import client_curvature
 
     task, model, layout, theta, data, device = build(args)
+    cm = ClientModel(task, model, layout)
     req = curvature_request(args, args.curv_samples)
     if args.warm:  # one untimed call on 2 samples, as for the epoch
-        client_curvature(curvature_request(args, 2), task, model, layout, theta, data, torch.Generator())
+        client_curvature(curvature_request(args, 2), cm, theta, data, torch.Generator())
     with PeakMemory(device) as mem:
         t = time.perf_counter()
-        out = client_curvature(req, task, model, layout, theta, data, torch.Generator().manual_seed(0))
+        out = client_curvature(req, cm, theta, data, torch.Generator().manual_seed(0))
         sync(device)
         elapsed = time.perf_counter() - t
     return {"seconds": elapsed, "peak_bytes": mem.peak, "P": theta.numel(), "work": work(args),
-            "top_eigs": out["eigvals"][:3].tolist()}
+            "top_eigs": out.eigvals[:3].tolist()}
 
 
 def work(args) -> str:
@@ -166,6 +171,7 @@ def reference_eigs(task, model, layout, theta, batch, rank: int, groups: int):
 
     import torch
 
+    from fipa.client_model import ClientModel
     from fipa.curvature import GRAM_COLUMNS, _gram, output_sqrt, per_sample_rows
 
     with torch.no_grad():
@@ -179,7 +185,7 @@ def reference_eigs(task, model, layout, theta, batch, rank: int, groups: int):
         names = [nm for nm, e in zip(layout.names, ends, strict=True) if bounds[g] < e <= bounds[g + 1]]
         if not names:  # one big tensor spans this group's range: it counts in a later one
             continue
-        for block in per_sample_rows(task, model, layout, theta, batch, M, 1, names):
+        for block in per_sample_rows(ClientModel(task, model, layout), theta, batch, M, 1, names):
             G += _gram(block, GRAM_COLUMNS)
     sigma, U = torch.linalg.eigh(G)
     sigma_r, U_r = sigma[-rank:].flip(-1), U[:, -rank:].flip(-1)  # [r], [n C, r]
@@ -211,6 +217,7 @@ def principal_angle(A1, A2) -> float:
 def phase_quality(args) -> dict:
     import torch
 
+    from fipa.client_model import ClientModel
     from fipa.curvature import client_curvature
 
     task, model, layout, theta, data, _ = build(args)
@@ -219,9 +226,9 @@ def phase_quality(args) -> dict:
     t = time.perf_counter()
     s_ref, A_ref = reference_eigs(task, model, layout, theta, batch, r, args.quality_groups)
     ref_s = time.perf_counter() - t
-    got = client_curvature(curvature_request(args, None), task, model, layout, theta, batch,
+    got = client_curvature(curvature_request(args, None), ClientModel(task, model, layout), theta, batch,
                            torch.Generator().manual_seed(0))
-    s_fast, A_fast = got["eigvals"].double(), got["factor"]
+    s_fast, A_fast = got.eigvals.double(), got.factor
     k = min(r, s_fast.numel())
     rel = ((s_fast[:k] - s_ref[:k]) / s_ref[:k]).abs()
     C1 = task.data.num_classes - 1  # the softmax GGN's outlier eigenvalues

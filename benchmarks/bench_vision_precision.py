@@ -24,9 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fipa.client_model import ClientModel  # noqa: E402
 from fipa.clients import CLIENT_METHODS, make_optimizer  # noqa: E402
 from fipa.config import ClientConfig  # noqa: E402
 from fipa.params import ParamLayout  # noqa: E402
+from fipa.round_context import RoundContext  # noqa: E402
 from fipa.tasks.vision import MODELS, Vision, VisionParams  # noqa: E402
 
 SETTINGS = {"float32": {}, "amp": {"amp": True}, "amp+channels_last": {"amp": True, "channels_last": True}}
@@ -63,7 +65,7 @@ def time_steps(setting: dict, args: argparse.Namespace, device: torch.device) ->
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        grad, _ = method.gradient(task, model, layout, theta, theta, batch, {})
+        grad, _ = method.gradient(ClientModel(task, model, layout), theta, theta, batch, {}, RoundContext(1))
         opt.step(theta, grad, opt_state)
         if device.type == "cuda":
             torch.cuda.synchronize()

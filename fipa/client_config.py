@@ -1,7 +1,7 @@
 """Local training settings of a client (the ``client`` section of a run config).
 
 Its keys are documented and bounded on the fields (fipa/keys.py). A leaf module (it imports
-only fipa.keys): the client methods (fipa/clients.py) and the config parser (fipa/config.py) both
+only fipa.keys): the client methods (fipa/clients/) and the config parser (fipa/config.py) both
 read it, neither through the other.
 """
 

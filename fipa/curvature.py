@@ -21,64 +21,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.func import jacrev, jvp, vjp, vmap
 
+from fipa import curvature_request
+from fipa.client_model import ClientModel
+from fipa.curvature_request import METHODS, CurvatureRequest, CurvatureUpload
 from fipa.losses import hessian_sqrt
-from fipa.params import ParamLayout
-from fipa.tasks.base import Batch, Task
+from fipa.tasks.base import Batch
 
 
-@dataclass
-class CurvatureRequest:
-    """What the aggregator needs from each client: ``kind`` lowrank (rank r) or diag."""
-
-    kind: str  # "lowrank" | "diag"
-    rank: int = 0
-    samples: int | None = None  # subsample of the client's data; None: all of it
-    at: str = "broadcast"  # "broadcast" (theta^k) or "local" (the client's result)
-    # "exact": stacked Jacobians S [n C, P] and an eigensolve; "gram": the n C' rows of S by
-    # per-sample reverse passes and an eigensolve of their Gram; "matrix_free": GGN-vector
-    # products only; "auto": the size rule of resolved_method
-    method: str = "exact"
-    fisher: str = "ggn"  # "ggn": exact output Hessian L_i; "sampled": labels drawn from the model
-    oversample: int = 10  # matrix_free: extra probe vectors beyond the rank
-    power_iters: int = 4  # matrix_free: subspace iterations of the range finder
-    # matrix_free: GGN-vector products per vmap call; gram on an accelerator: samples per vmap
-    # call (memory ~ chunk activations + chunk C' P gradient numbers)
-    chunk: int = 8
-
-    def resolved_method(self, n: int, outputs: int, P: int) -> str:
-        """The method after the size rule, for n samples of ``outputs`` rows each (C', the
-        columns of the output-Hessian factor M) and P parameters:
-        "exact" while S [n C', P] has at most AUTO_EXACT_NUMBERS entries (small models);
-        else "gram" while its N = n C' rows take no more memory than the matrix-free range
-        finder's two [rank + oversample, P] blocks (N <= 2 (rank + oversample));
-        else "matrix_free" (memory O(P r) whatever N).
-        """
-        if self.method != "auto":
-            return self.method
-        if n * outputs * P <= AUTO_EXACT_NUMBERS:
-            return "exact"
-        return "gram" if n * outputs <= 2 * (self.rank + self.oversample) else "matrix_free"
-
-
-AUTO_EXACT_NUMBERS = 1 << 26  # 64 Mi entries of S (256 MiB in float32): beyond, gram or matrix-free
-METHODS = ("exact", "gram", "matrix_free", "auto")
-
-
-def per_sample_jacobians(
-    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
-    chunk: int = 512,
-) -> torch.Tensor:
-    """Jacobians d f(x_i) / d theta for every sample: [n, C, P], via vmap(jacrev)."""
+def per_sample_jacobians(cm: ClientModel, theta: torch.Tensor, batch: Batch, chunk: int = 512
+                         ) -> torch.Tensor:
+    """Jacobians d f(x_i) / d theta at theta [P], every sample of ``batch``: [n, C, P], via vmap(jacrev)."""
 
     def f_one(flat: torch.Tensor, sample: Batch) -> torch.Tensor:
         one = {k: v.unsqueeze(0) for k, v in sample.items()}
-        return task.outputs(model, layout.unflatten(flat), one)[0]  # [C]
+        return cm.outputs(flat, one)[0]  # [C]
 
     jac = vmap(jacrev(f_one), in_dims=(None, 0))
     n = next(iter(batch.values())).shape[0]
@@ -88,20 +48,18 @@ def per_sample_jacobians(
     return torch.cat(parts)
 
 
-def ggn_sqrt(
-    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
-    M: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """S [n C', P] with S^T S = (1/n) sum_i J_i^T M_i M_i^T J_i, the client's GGN.
+def ggn_sqrt(cm: ClientModel, theta: torch.Tensor, batch: Batch, M: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """S [n C', P] with S^T S = (1/n) sum_i J_i^T M_i M_i^T J_i, the client's GGN at theta [P].
 
     M [n, C, C'] defaults to the square root of the loss Hessian (C' = C); pass
     :func:`output_sqrt`'s sampled factor (C' = 1) for the sampled-label Fisher.
     """
     if M is None:
         with torch.no_grad():
-            out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
-        M = hessian_sqrt(task.loss_kind, out)  # [n, C, C]
-    return contract_rows(M, per_sample_jacobians(task, model, layout, theta, batch))
+            out = cm.outputs(theta, batch)  # [n, C]
+        M = hessian_sqrt(cm.task.loss_kind, out)  # [n, C, C]
+    return contract_rows(M, per_sample_jacobians(cm, theta, batch))
 
 
 def contract_rows(M: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
@@ -163,11 +121,8 @@ def output_sqrt(kind: str, fisher: str, out: torch.Tensor, gen: torch.Generator)
     return u.unsqueeze(-1)
 
 
-def ggn_matvec(
-    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
-    M: torch.Tensor, chunk: int = 8,
-):
-    """The map V [k, P] -> (H V^T)^T [k, P], H = (1/n) sum_i J_i^T M_i M_i^T J_i, matrix-free.
+def ggn_matvec(cm: ClientModel, theta: torch.Tensor, batch: Batch, M: torch.Tensor, chunk: int = 8):
+    """The map V [k, P] -> (H V^T)^T [k, P], H = (1/n) sum_i J_i^T M_i M_i^T J_i at theta [P], matrix-free.
 
     One product costs a forward-mode pass (J v) and a reverse pass (J^T w); ``chunk``
     vectors go through ``vmap`` together. Nothing of size P x P or n C x P is formed.
@@ -175,7 +130,7 @@ def ggn_matvec(
     n = M.shape[0]
 
     def f(flat: torch.Tensor) -> torch.Tensor:
-        return task.outputs(model, layout.unflatten(flat), batch)  # [n, C]
+        return cm.outputs(flat, batch)  # [n, C]
 
     _, pullback = vjp(f, theta)  # the forward graph at theta, reused by every product
 
@@ -273,11 +228,11 @@ GRAM_COLUMNS = 1 << 14
 
 
 def per_sample_rows(
-    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
-    M: torch.Tensor, chunk: int = 1, names: Sequence[str] | None = None,
+    cm: ClientModel, theta: torch.Tensor, batch: Batch, M: torch.Tensor, chunk: int = 1,
+    names: Sequence[str] | None = None,
 ) -> list[torch.Tensor]:
-    """The rows of S = stack_i M_i^T J_i / sqrt(n) [n C', P] as one block [n C', P_l] per
-    parameter tensor of ``layout`` (row i C' + k: sample i, column k of M_i), no J_i formed;
+    """The rows of S = stack_i M_i^T J_i / sqrt(n) [n C', P] at theta [P] as one block [n C', P_l]
+    per parameter tensor of the model's layout (row i C' + k: sample i, column k of M_i), no J_i formed;
     only the tensors ``names`` (in layout order; default all), whose blocks are S's columns there.
 
     Row (i, k) is one reverse pass: J_i^T u with u = M_i[:, k] / sqrt(n), the gradient of the
@@ -289,24 +244,27 @@ def per_sample_rows(
     """
     n, _, k_out = M.shape
     U = M / math.sqrt(n)  # cotangents [n, C, C']
+    layout = cm.layout
     wanted = [name for name in layout.names if names is None or name in names]
     size = dict(zip(layout.names, layout.sizes, strict=True))
     blocks = [theta.new_empty(n * k_out, size[name]) for name in wanted]
     with torch.enable_grad():
         if chunk <= 1:
-            _rows_loop(task, model, layout, theta, batch, U, blocks, wanted)
+            _rows_loop(cm, theta, batch, U, blocks, wanted)
         else:
-            _rows_vmap(task, model, layout, theta, batch, U, blocks, wanted, chunk)
+            _rows_vmap(cm, theta, batch, U, blocks, wanted, chunk)
     return blocks
 
 
-def _rows_loop(task, model, layout, theta, batch, U, blocks, wanted) -> None:
-    """Fill ``blocks`` [n C', P_l] sample by sample: forward f(x_i) [C], then C' reverse passes."""
-    params = {k: v.detach().requires_grad_(k in wanted) for k, v in layout.unflatten(theta).items()}
+def _rows_loop(cm: ClientModel, theta: torch.Tensor, batch: Batch, U: torch.Tensor,
+               blocks: list[torch.Tensor], wanted: list[str]) -> None:
+    """Fill ``blocks`` [n C', P_l] sample by sample: forward f(x_i) [C], then C' reverse passes
+    (cotangents U [n, C, C'])."""
+    params = {k: v.detach().requires_grad_(k in wanted) for k, v in cm.layout.unflatten(theta).items()}
     leaves = [params[k] for k in wanted]
     n, _, k_out = U.shape
     for i in range(n):
-        out = task.outputs(model, params, {key: v[i : i + 1] for key, v in batch.items()})[0]  # [C]
+        out = cm.task.outputs(cm.model, params, {key: v[i : i + 1] for key, v in batch.items()})[0]  # [C]
         for k in range(k_out):
             # apply J_i^T to u = U[i, :, k]: the gradient of the scalar u^T f(x_i)
             grads = torch.autograd.grad(out @ U[i, :, k], leaves, retain_graph=k < k_out - 1,
@@ -315,14 +273,15 @@ def _rows_loop(task, model, layout, theta, batch, U, blocks, wanted) -> None:
                 block[i * k_out + k] = 0.0 if g is None else g.reshape(-1)
 
 
-def _rows_vmap(task, model, layout, theta, batch, U, blocks, wanted, chunk: int) -> None:
+def _rows_vmap(cm: ClientModel, theta: torch.Tensor, batch: Batch, U: torch.Tensor,
+               blocks: list[torch.Tensor], wanted: list[str], chunk: int) -> None:
     """Fill ``blocks`` [n C', P_l], ``chunk`` samples per vmap call of (vjp, vmap over C')."""
-    params = layout.unflatten(theta)
+    params = cm.layout.unflatten(theta)
     n, _, k_out = U.shape
 
     def rows_one(sample: Batch, u: torch.Tensor) -> dict[str, torch.Tensor]:
         def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return task.outputs(model, p, {key: v.unsqueeze(0) for key, v in sample.items()})[0]  # [C]
+            return cm.task.outputs(cm.model, p, {key: v.unsqueeze(0) for key, v in sample.items()})[0]  # [C]
 
         _, pullback = vjp(f, params)
         return vmap(pullback)(u.T)[0]  # apply J_i^T to each column of u [C, C']: [C', *shape]
@@ -369,78 +328,78 @@ def gram_eigs(blocks: list[torch.Tensor], rank: int) -> tuple[torch.Tensor, torc
 
 
 def ggn_diagonal_streamed(
-    task: Task, model: nn.Module, layout: ParamLayout, theta: torch.Tensor, batch: Batch,
-    M: torch.Tensor, chunk: int | None = None,
+    cm: ClientModel, theta: torch.Tensor, batch: Batch, M: torch.Tensor, chunk: int | None = None,
 ) -> torch.Tensor:
-    """diag(H) [P] accumulated over sample chunks: never more than chunk C' rows of S at once
-    (default: as many samples as keep a chunk's C P Jacobian entries within AUTO_EXACT_NUMBERS)."""
+    """diag(H) [P] at theta [P] accumulated over sample chunks: never more than chunk C' rows of S
+    at once (default: as many samples as keep a chunk's C P Jacobian entries within
+    AUTO_EXACT_NUMBERS)."""
     n = M.shape[0]
     if chunk is None:
-        chunk = max(1, AUTO_EXACT_NUMBERS // (M.shape[1] * theta.numel()))
+        chunk = max(1, curvature_request.AUTO_EXACT_NUMBERS // (M.shape[1] * theta.numel()))
     diag = torch.zeros_like(theta)
     for i in range(0, n, chunk):
         sub = {k: v[i : i + chunk] for k, v in batch.items()}
-        S = ggn_sqrt(task, model, layout, theta, sub, M[i : i + chunk])  # scaled by 1/sqrt(chunk)
+        S = ggn_sqrt(cm, theta, sub, M[i : i + chunk])  # scaled by 1/sqrt(chunk)
         diag += ggn_diagonal(S) * (S.shape[0] / M.shape[-1] / n)
     return diag
 
 
 def curvature_sample(
-    request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout,
-    theta: torch.Tensor, batch: Batch, gen: torch.Generator,
+    request: CurvatureRequest, cm: ClientModel, theta: torch.Tensor, batch: Batch, gen: torch.Generator,
 ) -> tuple[Batch, torch.Tensor]:
-    """The client's curvature subsample and its output-Hessian factors M [n, C, C'].
+    """The client's curvature subsample and its output-Hessian factors M [n, C, C'] at theta [P].
 
-    Draws from ``gen`` the subsample (if ``request.samples`` < n), then sampled labels.
+    Draws from ``gen`` the subsample (if ``request.curvature_samples`` < n), then sampled labels.
     """
     n = next(iter(batch.values())).shape[0]
-    if request.samples is not None and request.samples < n:
-        idx = torch.randperm(n, generator=gen)[: request.samples].sort().values
+    samples = request.curvature_samples
+    if samples is not None and samples < n:
+        idx = torch.randperm(n, generator=gen)[:samples].sort().values
         batch = {k: v[idx] for k, v in batch.items()}
     with torch.no_grad():
-        out = task.outputs(model, layout.unflatten(theta), batch)  # [n, C]
-    return batch, output_sqrt(task.loss_kind, request.fisher, out, gen)
+        out = cm.outputs(theta, batch)  # [n, C]
+    return batch, output_sqrt(cm.task.loss_kind, request.curvature_fisher, out, gen)
 
 
 def client_curvature(
-    request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout,
-    theta: torch.Tensor, batch: Batch, gen: torch.Generator,
-) -> dict[str, torch.Tensor]:
-    """The curvature summary a client uploads: {"eigvals","factor"} or {"diag"}.
+    request: CurvatureRequest, cm: ClientModel, theta: torch.Tensor, batch: Batch, gen: torch.Generator,
+) -> CurvatureUpload:
+    """The curvature upload of a client holding ``batch``, at theta [P]: eigenpairs or a diagonal.
 
     ``gen`` draws, in this order: the data subsample, sampled labels, probe vectors
     (matrix_free only; exact and gram draw nothing more).
     """
-    batch, M = curvature_sample(request, task, model, layout, theta, batch, gen)
-    return sample_curvature(request, task, model, layout, theta, batch, M, gen)
+    batch, M = curvature_sample(request, cm, theta, batch, gen)
+    return sample_curvature(request, cm, theta, batch, M, gen)
 
 
 def sample_curvature(
-    request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout,
-    theta: torch.Tensor, batch: Batch, M: torch.Tensor, gen: torch.Generator,
-) -> dict[str, torch.Tensor]:
+    request: CurvatureRequest, cm: ClientModel, theta: torch.Tensor, batch: Batch, M: torch.Tensor,
+    gen: torch.Generator,
+) -> CurvatureUpload:
     """:func:`client_curvature` once :func:`curvature_sample` has drawn the subsample ``batch``
     and its output-Hessian factors M [n, C, C'] (``gen`` draws the probes of matrix_free)."""
     method = request.resolved_method(M.shape[0], M.shape[-1], theta.numel())
     if method in ("gram", "matrix_free") and request.kind == "diag":
-        return {"diag": ggn_diagonal_streamed(task, model, layout, theta, batch, M)}
+        return CurvatureUpload(diag=ggn_diagonal_streamed(cm, theta, batch, M))
     if method == "gram":
         chunk = 1 if theta.device.type == "cpu" else request.chunk  # see per_sample_rows
-        sigma, A = gram_eigs(per_sample_rows(task, model, layout, theta, batch, M, chunk), request.rank)
-        return {"eigvals": sigma, "factor": A}
+        sigma, A = gram_eigs(per_sample_rows(cm, theta, batch, M, chunk), request.rank)
+        return CurvatureUpload(eigvals=sigma, factor=A)
     if method == "matrix_free":
-        mv = ggn_matvec(task, model, layout, theta, batch, M, request.chunk)
+        mv = ggn_matvec(cm, theta, batch, M, request.chunk)
         sigma, A = matrix_free_eigs(mv, theta.numel(), request.rank, gen, theta.dtype, theta.device,
                                     request.oversample, request.power_iters)
-        return {"eigvals": sigma, "factor": A}
+        return CurvatureUpload(eigvals=sigma, factor=A)
     if method != "exact":
-        raise ValueError(f"unknown curvature method {request.method!r}; use one of {', '.join(METHODS)}")
-    return summarize(request, ggn_sqrt(task, model, layout, theta, batch, M))
+        raise ValueError(f"unknown curvature method {request.curvature_method!r}; use one of "
+                         f"{', '.join(METHODS)}")
+    return upload_from_sqrt(request, ggn_sqrt(cm, theta, batch, M))
 
 
-def summarize(request: CurvatureRequest, S: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The upload from S [N, P] (H = S^T S): {"diag": [P]} or {"eigvals": [r], "factor": [r, P]}."""
+def upload_from_sqrt(request: CurvatureRequest, S: torch.Tensor) -> CurvatureUpload:
+    """The upload from S [N, P] (H = S^T S): diag(H) [P], or eigenpairs sigma [r] and A [r, P]."""
     if request.kind == "diag":
-        return {"diag": ggn_diagonal(S)}
+        return CurvatureUpload(diag=ggn_diagonal(S))
     sigma, A = lowrank_factor(S, request.rank)
-    return {"eigvals": sigma, "factor": A}
+    return CurvatureUpload(eigvals=sigma, factor=A)

@@ -22,10 +22,11 @@ from fipa.config import RunConfig
 from fipa.errors import ConfigError
 from fipa.io import RunDirLock, write_csv, write_json
 from fipa.records import final_record, metrics_columns, metrics_row, progress_line
+from fipa.round_context import RoundContext
 from fipa.simulation import Simulation, sample_clients
 from fipa.threads import apply as apply_threads
 from fipa.threads import choose_threads
-from fipa.work import ClientWork, round_work, train_work
+from fipa.work import ClientWork, WorkResult, round_work, train_work
 
 
 def train(
@@ -78,9 +79,9 @@ def train_lockstep(loops: list[RunLoop], on_done: Callable[[RunLoop, dict[str, A
             work = [(lp, lp.begin_round()) for lp in group]
             units = [unit for lp, chosen in work for unit in lp.work(chosen)]
             vectorize = len(group) > 1 or group[0].sim.vectorized
-            updates = iter(train_work(units, vectorize))
+            results = iter(train_work(units, vectorize))
             for lp, chosen in work:
-                lp.finish_round(chosen, [next(updates) for _ in chosen])
+                lp.finish_round(chosen, [next(results) for _ in chosen])
         close_finished()
     return [finals[i] for i in range(len(loops))]
 
@@ -154,32 +155,35 @@ class RunLoop:
         return self.state.round >= self.sim.cfg.rounds or self.state.diverged
 
     def begin_round(self) -> list[int]:
-        """Sample the next round's clients and open the round on the client method."""
-        cfg, state, sim = self.sim.cfg, self.state, self.sim
-        rnd = state.round + 1
-        chosen = sample_clients(cfg.seed, rnd, len(sim.data), cfg.participation)
-        sim.method.begin_round(state.method_state, rnd)
-        return chosen
+        """Sample the next round's clients."""
+        cfg, sim = self.sim.cfg, self.sim
+        return sample_clients(cfg.seed, self.state.round + 1, len(sim.data), cfg.participation)
 
     def work(self, chosen: list[int]) -> list[ClientWork]:
         """The next round's local work of this run: one unit per client in ``chosen``."""
-        return round_work(self.sim, self.state.theta, self.state.round + 1, chosen, self.state.client_states)
+        state = self.state
+        return round_work(self.sim, state.theta, state.round + 1, chosen, state.client_states,
+                          state.method_state)
 
-    def finish_round(self, chosen: list[int], updates: list[ClientUpdate]) -> None:
-        """Aggregate the round's uploads, then evaluate and checkpoint where due."""
+    def finish_round(self, chosen: list[int], results: list[WorkResult]) -> None:
+        """Keep the clients' next states, aggregate the round's uploads, then evaluate and
+        checkpoint where due."""
         sim, cfg, state, label = self.sim, self.sim.cfg, self.state, self.label
         rnd, theta, M, stats = state.round + 1, state.theta, len(sim.data), self.stats
-        for m, u in zip(chosen, updates, strict=True):
-            u.client = m  # keys server memory across rounds (FIPA's memory: curvature)
+        updates = [r.update for r in results]
+        for m, r in zip(chosen, results, strict=True):
+            r.update.client = m  # keys server memory across rounds (FIPA's memory: curvature)
+            state.client_states[str(m)] = r.state
         finite = finite_uploads(updates)  # NaN/inf uploads end the run diverged, before any eigensolve
-        probe = {"probe": sim.loss_probe(chosen)} if sim.aggregator.needs_loss_probe else {}
-        theta_new = sim.aggregator.step(theta, updates, state.agg_state, **probe) if finite else theta
-        theta_new = sim.method.end_round(theta_new, state.method_state, M)  # SCAFFOLD c, FedDyn h
+        probe = sim.loss_probe(chosen) if sim.aggregator.needs_loss_probe else None
+        ctx = RoundContext(rnd, state.method_state, probe)
+        theta_new = sim.aggregator.step(theta, updates, state.agg_state, ctx) if finite else theta
+        # the client method's server side (SCAFFOLD's c, FedDyn's h) from the round's uploads
+        theta_new, state.method_state = sim.method.end_round(theta_new, updates, ctx, M)
         if state.buffers:
             state.buffers = buffers.average([u.buffers for u in updates], [u.num_samples for u in updates])
             buffers.load(sim.model, state.buffers)
-        extra = sim.method.uplink_vectors * theta.numel()  # SCAFFOLD's Delta c_i
-        numbers = sum(u.uplink_numbers + extra for u in updates)
+        numbers = sum(u.uplink_numbers for u in updates)
         bytes_ = numbers * theta.element_size()
         state.uplink_total += bytes_
         state.round, state.theta = rnd, theta_new

@@ -54,16 +54,24 @@ class ParamLayout:
         chunks = torch.split(flat, self.sizes, dim=-1)
         return {n: c.unflatten(-1, s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
 
+
 def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a module's parameters, keyed by name."""
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+class FunctionalModel(nn.Module):
+    """A module that evaluates itself at given parameters: ``functional_forward(params, *args)``
+    reads the tensors of ``params`` directly, without ``functional_call``'s reparametrization of
+    its submodules (the stacked MLP of fipa/vectorized.py)."""
+
+    def functional_forward(self, params: dict[str, torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
 def call(model: nn.Module, params: dict[str, torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
-    """``model`` evaluated at ``params`` (functional): the model's own ``functional_forward``
-    where it has one (reads ``params`` directly, no reparametrization of its modules, e.g.
-    the stacked MLP of fipa/vectorized.py), else ``torch.func.functional_call``."""
-    forward = getattr(model, "functional_forward", None)
-    if forward is not None:
-        return forward(params, *args)
+    """``model`` evaluated at ``params`` (functional): its own ``functional_forward`` where it is
+    a :class:`FunctionalModel`, else ``torch.func.functional_call``."""
+    if isinstance(model, FunctionalModel):
+        return model.functional_forward(params, *args)
     return functional_call(model, params, args)

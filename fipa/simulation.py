@@ -17,6 +17,7 @@ import torch
 from fipa import buffers, devices
 from fipa.aggregators import AGGREGATORS, Aggregator, LossProbe
 from fipa.checkpoint import Expected, RunState, load_warmup
+from fipa.client_model import ClientModel
 from fipa.clients import CLIENT_METHODS, ClientMethod, batch_size
 from fipa.config import RunConfig
 from fipa.errors import ConfigError
@@ -90,6 +91,12 @@ class Simulation:
     threads: ThreadChoice | None = None  # torch CPU threads of the run (fipa/threads.py)
     warmup: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None  # (theta [P], buffers) to start from
     regime: Regime = field(default_factory=Regime)  # federated, or a reference (fipa/reference.py)
+    # task, model and layout as every client computes with them: built once, here or in __post_init__
+    client_model: ClientModel = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.client_model is None:
+            self.client_model = ClientModel(self.task, self.model, self.layout)
 
     @classmethod
     def build(cls, cfg: RunConfig, device: torch.device | None = None) -> Simulation:
@@ -113,15 +120,17 @@ class Simulation:
         model = task.build_model().to(device)
         if buffers.has_buffers(model):
             model.eval()  # running statistics outside local training (fipa/buffers.py)
-        layout = ParamLayout.of(model)
+        cm = ClientModel.of(task, model)
+        layout = cm.layout
         sizes = [num_samples(d) for d in data]
-        vec, why = choose_path(cfg.vectorize, method, task, model, layout.numel, sizes,
+        vec, why = choose_path(cfg.vectorize, method, cm, sizes,
                                clients_per_round(cfg.participation, len(data)))
         warm = None
         if cfg.warmup_checkpoint:  # read (and checked) here: a bad file fails before any run directory
             like = layout.flatten(dict(model.named_parameters())).detach()
             warm = load_warmup(cfg.warmup_checkpoint, like, buffers.read(model), layout.architecture)
-        return cls(cfg, task, model, layout, data, agg, method, device, vec, why, warmup=warm, regime=regime)
+        return cls(cfg, task, model, layout, data, agg, method, device, vec, why, warmup=warm, regime=regime,
+                   client_model=cm)
 
     def fresh_state(self, theta: torch.Tensor) -> RunState:
         """The state of round 0 from ``theta`` [P]: what a checkpoint of this run must match."""
@@ -163,8 +172,11 @@ class Simulation:
 
     def stack_key(self) -> str | None:
         """Runs with equal keys can train their rows in one vectorized call (the runs axis); None:
-        this run trains alone (its method or model cannot stack, or its regime trains alone)."""
-        if not self.method.stacks_runs or self.regime.trains_alone or self.cfg.vectorize is False:
+        this run trains alone (its model cannot stack, its method declares an ``alone_reason``, or
+        its regime trains alone)."""
+        if self.method.alone_reason is not None:
+            return None
+        if self.regime.trains_alone or self.cfg.vectorize is False:
             return None
         if not self.vectorized and self.path_reason != "one client per round":
             return None  # the size rule or the model's layers keep this run off the vectorized path

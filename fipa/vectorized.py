@@ -1,4 +1,4 @@
-"""Vectorized rounds: a round's clients train, and take their curvature, in one vmapped call.
+"""Vectorized rounds: a round's clients train in one vmapped call (curvature: fipa/stacked_curvature.py).
 
 Clients share the model's architecture, so their parameters stack into theta [M, P] and
 one local step of all of them is one ``vmap`` over ``ClientMethod.objective`` (the task's
@@ -14,12 +14,12 @@ and masking, never by truncation:
     of the optimizer state is left untouched (clients sorted by T_m: a shrinking prefix).
 
 Where the model is a plain MLP (``nn.Sequential`` of ``nn.Linear`` and elementwise layers),
-the method keeps the base ``objective`` and the task's ``outputs`` broadcasts over a leading
-client axis (``stacks_clients``, the regression task), the step skips vmap (``DirectGrad``):
-the task's ``outputs`` runs once on the model's stacked twin (``StackedMLP``: per linear
-layer one batched product W_k H_k + b_k for all K clients), then the same masked loss per
-client and one backward pass. Each step's shape is trimmed to the largest real minibatch
-among the clients still training (B_t <= B).
+the method's objective is the task loss (``objective_kind``) and the task's ``outputs``
+broadcasts over a leading client axis (``stacks_clients``, the regression task), the step
+skips vmap (``DirectGrad``): the task's ``outputs`` runs once on the model's stacked twin
+(``StackedMLP``: per linear layer one batched product W_k H_k + b_k for all K clients),
+then the same masked loss per client and one backward pass. Each step's shape is trimmed
+to the largest real minibatch among the clients still training (B_t <= B).
 
 The sequential path (``ClientMethod.train``) stays the reference; :func:`choose_path` is
 the size rule that picks between the two.
@@ -27,17 +27,20 @@ the size rule that picks between the two.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.func import vmap
 
 from fipa import buffers
+from fipa.client_config import ClientConfig
+from fipa.client_model import ClientModel
 from fipa.clients import ClientMethod, ClientState, batch_plan, make_optimizer
-from fipa.curvature import CurvatureRequest, contract_rows, curvature_sample, sample_curvature, summarize
 from fipa.losses import per_sample_loss
-from fipa.params import ParamLayout
+from fipa.params import FunctionalModel
+from fipa.round_context import RoundContext
 from fipa.tasks.base import Batch, Task, num_samples
 
 # size rule: vectorize while one client's minibatch step is small (samples x parameters
@@ -61,7 +64,7 @@ def stack_padded(datas: list[Batch]) -> Batch:
 
 def unsupported(method: ClientMethod, task: Task) -> str | None:
     """Why this method/task pair cannot train vectorized, or None if it can."""
-    if not method.vectorizable:
+    if method.objective_kind == "batch":
         return f"client method {method.cfg.method} couples a minibatch's samples"
     if task.augments:
         return "data augmentation draws per minibatch"
@@ -69,13 +72,14 @@ def unsupported(method: ClientMethod, task: Task) -> str | None:
 
 
 def direct_path(method: ClientMethod, task: Task) -> bool:
-    """Whether the objective can skip vmap: the method keeps the base ``objective`` and the
-    task's ``outputs`` broadcasts over a leading client axis (``stacks_clients``)."""
-    return not method.custom_objective and task.stacks_clients
+    """Whether the objective can skip vmap: it is the task loss plus ``extra_loss``
+    (``objective_kind``) and the task's ``outputs`` broadcasts over a leading client axis
+    (``stacks_clients``)."""
+    return method.objective_kind == "task_loss" and task.stacks_clients
 
 
-def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module, num_params: int,
-                sizes: list[int], per_round: int) -> tuple[bool, str]:
+def choose_path(setting: Any, method: ClientMethod, cm: ClientModel, sizes: list[int], per_round: int
+                ) -> tuple[bool, str]:
     """(vectorize?, reason): the size rule behind ``vectorize: auto``, or the forced setting.
 
     auto vectorizes when at least two clients train per round, the method and task allow it,
@@ -85,6 +89,7 @@ def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module
     AUTO_VECTORIZE_WORK (beyond, arithmetic dominates and stacking M clients only multiplies
     memory). ``true`` vectorizes wherever allowed; ``false`` never.
     """
+    task, model = cm.task, cm.model
     if setting is False:
         return False, "vectorize: false"
     if buffers.has_buffers(model):
@@ -101,7 +106,7 @@ def choose_path(setting: Any, method: ClientMethod, task: Task, model: nn.Module
     if layers:
         return False, f"layers other than Linear ({', '.join(sorted(layers))})"
     batch = max(min(method.cfg.batch_size or n, n) for n in sizes)
-    work = batch * num_params
+    work = batch * cm.numel
     if work > AUTO_VECTORIZE_WORK:
         return False, f"batch x parameters = {work} > {AUTO_VECTORIZE_WORK}"
     return True, f"batch x parameters = {work} <= {AUTO_VECTORIZE_WORK}"
@@ -122,7 +127,7 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(0, 0)) if bias else None
 
 
-class StackedMLP(nn.Module):
+class StackedMLP(FunctionalModel):
     """The stacked twin of an MLP (``stacked_model``): x [K, n, in] -> f(x_k; theta_k) [K, n, out].
 
     Layer by layer on the transposed activations H_k = h_k^T [K, width, n] (features first,
@@ -130,8 +135,9 @@ class StackedMLP(nn.Module):
         linear:       H_k <- W_k H_k + b_k 1^T      (one baddbmm for all K clients)
         elementwise:  H_k <- sigma(H_k)             (the original activation module)
     Parameter names are the original model's (weights [K, out, in], biases [K, out]), so
-    ``functional_call`` works; ``functional_forward(params, x)`` (``fipa.params.call``)
-    reads them from the dict and skips the modules' reparametrization.
+    ``functional_call`` works; as a :class:`~fipa.params.FunctionalModel`, its
+    ``functional_forward(params, x)`` (``fipa.params.call``) reads them from the dict and skips
+    the modules' reparametrization.
     """
 
     def __init__(self, layers: list[nn.Module]) -> None:
@@ -196,16 +202,17 @@ class DirectGrad:
     ``ClientMethod.objective`` of K clients at once: the task's own ``outputs`` runs once on
     the stacked twin (outputs [K, B, C]); the loss of client k is the masked mean
     F_k = sum_i w_ki l_ki / n_k, as in ``objective``; the method's ``extra_loss``
-    (FedProx, FedDyn) runs under vmap over the clients. The graph starts at the layer
-    tensors of theta [K, P] (leaves [K, *shape], views of theta's rows), and the gradient
-    rows are their gradients concatenated. While the first K rows train (a bucket), the
-    leaves are made once (``bucket``) and follow the optimizer's in-place steps.
+    (FedProx, FedDyn) runs under vmap over the clients where it adds a term (``extra``).
+    The graph starts at the layer tensors of theta [K, P] (leaves [K, *shape], views of
+    theta's rows), and the gradient rows are their gradients concatenated. While the first
+    K rows train (a bucket), the leaves are made once (``bucket``) and follow the optimizer's
+    in-place steps.
     """
 
-    def __init__(self, method: ClientMethod, task: Task, twin: StackedMLP, layout: ParamLayout) -> None:
-        self.task, self.twin, self.layout = task, twin, layout
+    def __init__(self, method: ClientMethod, cm: ClientModel, twin: StackedMLP, extra: bool) -> None:
+        self.cm, self.twin = cm, twin
         self.extra = None
-        if method.has_extra_loss:
+        if extra:
 
             def extra_one(flat: torch.Tensor, state: ClientState, start: torch.Tensor) -> torch.Tensor:
                 term = method.extra_loss(flat, start, state)
@@ -218,7 +225,7 @@ class DirectGrad:
     def _new_leaves(self, at: torch.Tensor) -> dict[str, torch.Tensor]:
         """theta [K, P] -> its layers [K, *shape] (biases as columns [K, out, 1]), as leaves
         of a new graph; views of ``at``, so they see its in-place optimizer steps."""
-        views = self.twin.columns(self.layout.unflatten_batched(at))
+        views = self.twin.columns(self.cm.layout.unflatten_batched(at))
         return {n: v.detach().requires_grad_(True) for n, v in views.items()}
 
     def bucket(self, theta: torch.Tensor) -> None:
@@ -229,7 +236,7 @@ class DirectGrad:
                  starts: torch.Tensor):
         """(minibatch [K, B, ...], mask [K, B], n_k = sum_i w_ki [K], state [K, ...], the rows'
         round-start models theta^k [K, P]) -> grad_fn."""
-        task = self.task
+        task = self.cm.task
         target = task.targets(batch).flatten(0, 1)  # [K B, ...]
 
         def grad_fn(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,156 +277,139 @@ def _rows(d: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
     return {key: v[:k] if v.dim() else v for key, v in d.items()}
 
 
+def _row(d: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:
+    """Row m of every stacked tensor of ``d``; 0-d tensors are shared."""
+    return {key: v[m] if v.dim() else v for key, v in d.items()}
+
+
+def _server_rows(server: ClientState, k: int) -> ClientState:
+    """The method's server state for the first k rows: shared P-vectors [P] as they are, stacked
+    ones (rows of several runs) [M, P] cut to [k, P]."""
+    return {key: v if v.dim() == 1 else v[:k] for key, v in server.items()}
+
+
+@dataclass
+class RoundPlan:
+    """The round's minibatches of M clients, stacked in decreasing order of their step counts.
+
+    Row i is client ``order[i]``; it takes ``steps[i]`` = T_i steps (non-increasing in i), so
+    the clients still training at step t are the first K_t = ``training[t]`` rows. ``idx``
+    [M, T, B] holds their minibatches' sample indices (0 where padded), ``weights`` [M, T, B]
+    is 1 on real samples and 0 on padding, ``counts`` [M, T] the real samples per minibatch,
+    and ``widths[t]`` = B_t the largest real minibatch among the rows training at step t
+    (the padding beyond it is not computed).
+    """
+
+    order: list[int]
+    steps: list[int]
+    idx: torch.Tensor
+    weights: torch.Tensor
+    counts: torch.Tensor
+    training: list[int]
+    widths: list[int]
+
+    @classmethod
+    def of(cls, cfg: ClientConfig, datas: list[Batch], gens: list[torch.Generator], device: torch.device,
+           dtype: torch.dtype) -> RoundPlan:
+        """The plan of clients with data ``datas``, each drawing its shuffles from its ``gens[m]``."""
+        M = len(datas)
+        plans = [batch_plan(num_samples(d), cfg, g) for d, g in zip(datas, gens, strict=True)]
+        order = sorted(range(M), key=lambda m: -plans[m].shape[0])  # stable: ties keep list order
+        plans = [plans[m] for m in order]
+        steps = [p.shape[0] for p in plans]  # non-increasing
+        T, B = steps[0], max(p.shape[1] for p in plans)
+        idx = torch.full((M, T, B), -1, dtype=torch.long)
+        for i, p in enumerate(plans):
+            idx[i, : p.shape[0], : p.shape[1]] = p
+        valid = idx >= 0
+        counts = valid.sum(-1)  # [M, T] samples in each minibatch
+        training = [sum(s > t for s in steps) for t in range(T)]  # K_t, clients still training
+        widths = [int(counts[:k, t].max()) for t, k in enumerate(training)]
+        return cls(order, steps, idx.clamp_min(0).to(device), valid.to(device=device, dtype=dtype),
+                   counts.to(device=device, dtype=dtype), training, widths)
+
+
+class StackedResult(NamedTuple):
+    """The round's local training of M clients, in the order they were given."""
+
+    theta: torch.Tensor  # theta_m stacked [M, P]
+    states: list[ClientState]  # each client's state for its next round
+    uploads: list[ClientState]  # each client's upload to the method's server side
+
+
 def local_train(
-    method: ClientMethod, task: Task, model: nn.Module, layout: ParamLayout, theta0: torch.Tensor,
-    datas: list[Batch], gens: list[torch.Generator], states: list[ClientState],
-) -> torch.Tensor:
+    method: ClientMethod, cm: ClientModel, theta0: torch.Tensor, datas: list[Batch],
+    gens: list[torch.Generator], states: list[ClientState], ctx: RoundContext,
+) -> StackedResult:
     """The round's local training of M clients at once: theta^k [P] -> theta_m stacked [M, P].
 
     ``theta0`` is one broadcast model [P] for every row, or one per row [M, P] (rows of
-    several runs stacked, each starting from its own run's model: the runs axis).
-    Equals M calls of ``method.train`` up to floating-point rounding: the same batches,
-    objective, direction and optimizer; ``after_local`` updates each client's ``states[m]``
-    in the order of the list, as the sequential loop does. Clients are stacked in
-    decreasing order of their step counts T_m, so the clients still training at step t
-    are the first K_t rows: the step works on views of those rows (buckets shrinking with
-    t, no arithmetic for finished clients), and the rest keep their values bit for bit.
+    several runs stacked, each starting from its own run's model: the runs axis); the
+    tensors of ``ctx.server`` likewise. Equals M calls of ``method.train`` up to
+    floating-point rounding: the same batches, objective, direction and optimizer;
+    ``after_local`` then gives each client's next state and upload, in the order of the list,
+    as the sequential loop does. Clients are stacked in decreasing order of their step
+    counts T_m (:class:`RoundPlan`), so the clients still training at step t are the first
+    K_t rows: the step works on views of those rows (buckets shrinking with t, no arithmetic
+    for finished clients), and the rest keep their values bit for bit.
     """
-    cfg = method.cfg
-    M, device = len(datas), theta0.device
-    P = theta0.shape[-1]
+    M, P = len(datas), theta0.shape[-1]
     theta0s = theta0.expand(M, P) if theta0.dim() == 1 else theta0  # [M, P], row m's theta^k
-    plans = [batch_plan(num_samples(d), cfg, g) for d, g in zip(datas, gens, strict=True)]
-    order = sorted(range(M), key=lambda m: -plans[m].shape[0])  # stable: ties keep list order
-    plans = [plans[m] for m in order]
-    steps = [p.shape[0] for p in plans]  # non-increasing
-    T, B = steps[0], max(p.shape[1] for p in plans)
-    idx = torch.full((M, T, B), -1, dtype=torch.long)
-    for i, p in enumerate(plans):
-        idx[i, : p.shape[0], : p.shape[1]] = p
-    valid = idx >= 0
-    weights = valid.to(device=device, dtype=theta0.dtype)  # [M, T, B]: 1 real, 0 padding
-    counts = valid.sum(-1)  # [M, T] samples in each minibatch
-    idx = idx.clamp_min(0).to(device)
-    training = [sum(s > t for s in steps) for t in range(T)]  # K_t, clients still training
-    # B_t: the largest minibatch of step t among them; the padding beyond it is not computed
-    widths = [int(counts[:k, t].max()) for t, k in enumerate(training)]
-    counts = counts.to(device=device, dtype=theta0.dtype)
-    data = stack_padded([datas[m] for m in order])  # [M, N, ...]
-    rows = torch.arange(M, device=device)[:, None, None]
+    plan = RoundPlan.of(method.cfg, datas, gens, theta0.device, theta0.dtype)
+    order = plan.order
     stacked = {k: torch.stack([states[m][k] for m in order]) for k in states[0]}  # [M, P] each
+    server = {k: v if v.dim() == 1 else v[order] for k, v in ctx.server.items()}
+    theta = _local_steps(method, cm, plan, stack_padded([datas[m] for m in order]), theta0s[order], stacked,
+                         RoundContext(ctx.round, server))
+    out = torch.empty_like(theta)
+    out[order] = theta
+    done = []
+    for m in range(M):  # each client's own run's server state: [P] shared, or its row of [M, P]
+        row_ctx = RoundContext(ctx.round, {k: v if v.dim() == 1 else v[m] for k, v in ctx.server.items()})
+        done.append(method.after_local(theta0s[m], out[m], plan.steps[order.index(m)], states[m], row_ctx))
+    return StackedResult(out, [s for s, _ in done], [u for _, u in done])
 
-    twin = stacked_model(model) if direct_path(method, task) else None
-    direct = None if twin is None else DirectGrad(method, task, twin, layout)
+
+def _local_steps(method: ClientMethod, cm: ClientModel, plan: RoundPlan, data: Batch, starts: torch.Tensor,
+                 states: ClientState, ctx: RoundContext) -> torch.Tensor:
+    """Every row's local steps from its round-start model ``starts`` [M, P] (rows in ``plan``'s
+    order, as ``data`` [M, N, ...], ``states`` [M, ...] and ``ctx.server``); returns theta [M, P].
+
+    Per step t, the first K_t rows move: one stacked objective (vmapped, or the stacked MLP's
+    direct one), the method's direction and one in-place optimizer step on those rows' views.
+    """
+    M, T, B = plan.idx.shape
+    twin = stacked_model(cm.model) if direct_path(method, cm.task) else None
+    # the direct path adds extra_loss under vmap only where it is a term (None: the task loss alone)
+    extra = twin is not None and method.extra_loss(starts[0], starts[0], _row(states, 0)) is not None
+    direct = None if twin is None else DirectGrad(method, cm, twin, extra)
 
     def client_objective(flat, batch, w, state, start):
-        return method.objective(task, model, layout, flat, start, batch, state, mask=w)
+        return method.objective(cm, flat, start, batch, state, mask=w)
 
     objective = vmap(client_objective)
-    starts = theta0s[order]  # [M, P] in the stacking order
     theta = starts.clone()
-    opt = make_optimizer(cfg, method.round)
+    opt = make_optimizer(method.cfg, ctx.round)
     opt_state = opt.init(theta)
+    rows = torch.arange(M, device=theta.device)[:, None, None]
     per_sample = sum(v[0, 0].numel() for v in data.values())
     chunk = max(1, GATHER_NUMBERS // (M * B * per_sample))
     K = 0
     for t0 in range(0, T, chunk):
         # minibatches of steps t0 .. t0 + chunk for every client: [M, chunk, B, ...]
-        gathered = {k: v[rows, idx[:, t0 : t0 + chunk]] for k, v in data.items()}
+        gathered = {k: v[rows, plan.idx[:, t0 : t0 + chunk]] for k, v in data.items()}
         for t in range(t0, min(T, t0 + chunk)):
-            if training[t] != K:  # a new bucket: views of the first K rows
-                K = training[t]
-                theta_k, state, opt_k = theta[:K], _rows(stacked, K), _rows(opt_state, K)
-                start_k = starts[:K]
+            if plan.training[t] != K:  # a new bucket: views of the first K rows
+                K = plan.training[t]
+                theta_k, state, opt_k, start_k = theta[:K], _rows(states, K), _rows(opt_state, K), starts[:K]
+                ctx_k = RoundContext(ctx.round, _server_rows(ctx.server, K))
                 if direct is not None:
                     direct.bucket(theta_k)
-            b = widths[t]
+            b = plan.widths[t]
             batch = {k: v[:K, t - t0, :b] for k, v in gathered.items()}
-            if direct is not None:
-                grad_fn = direct(batch, weights[:K, t, :b], counts[:K, t], state, start_k)
-            else:
-                grad_fn = _stacked_grad_fn(objective, batch, weights[:K, t, :b], state, start_k)
-            direction, _ = method.direction(grad_fn, theta_k, state)
+            w, n = plan.weights[:K, t, :b], plan.counts[:K, t]
+            grad_fn = (direct(batch, w, n, state, start_k) if direct is not None
+                       else _stacked_grad_fn(objective, batch, w, state, start_k))
+            direction, _ = method.direction(grad_fn, theta_k, state, ctx_k)
             opt.step(theta_k, direction, opt_k)  # in place on the first K rows
-    out = torch.empty_like(theta)
-    out[order] = theta
-    for m in range(M):
-        method.after_local(theta0s[m], out[m], steps[order.index(m)], states[m])
-    return out
-
-
-# ----------------------------------------------------------------------------- curvature
-
-
-def stacked_jacobians(
-    task: Task, model: nn.Module, layout: ParamLayout, thetas: torch.Tensor, owner: torch.Tensor | None,
-    batch: Batch, chunk: int = 512,
-) -> torch.Tensor:
-    """d f(x_i; theta_{owner_i}) / d theta for the samples of many clients: [N, C, P].
-
-    ``thetas`` is one [P] shared by all samples (owner None), or [K, P] with ``owner`` [N]
-    naming each sample's row. Each sample gets its own copy theta_i of its parameters
-    [n, P], the outputs f(x_i; theta_i) [n, C] come from one vmapped forward pass, and
-    reverse mode through sum_i f_{ic} gives row i = d f_ic / d theta_i (output c's
-    Jacobian for every sample at once: one backward pass per output). This is
-    vmap(jacrev)'s algebra without torch.func's reverse-mode transforms, whose first use
-    imports torch._dynamo (seconds of start-up per job). ``chunk`` samples at a time.
-    """
-
-    def f_one(flat: torch.Tensor, sample: Batch) -> torch.Tensor:
-        one = {k: v.unsqueeze(0) for k, v in sample.items()}
-        return task.outputs(model, layout.unflatten(flat), one)[0]  # [C]
-
-    forward = vmap(f_one)
-    n = num_samples(batch)
-    parts = []
-    for i in range(0, n, chunk):
-        sub = {k: v[i : i + chunk] for k, v in batch.items()}
-        rows = thetas.expand(num_samples(sub), -1) if owner is None else thetas[owner[i : i + chunk]]
-        per_sample = rows.detach().clone().requires_grad_(True)  # theta_i [n, P]
-        out = forward(per_sample, sub)  # [n, C]
-        C = out.shape[1]
-        # apply J^T to the indicator of output c: rows d f_ic / d theta_i, [n, P] each
-        cols = [torch.autograd.grad(out[:, c].sum(), per_sample, retain_graph=c < C - 1)[0]
-                for c in range(C)]
-        parts.append(torch.stack(cols, dim=1))
-    return torch.cat(parts)
-
-
-def round_curvature(
-    request: CurvatureRequest, task: Task, model: nn.Module, layout: ParamLayout, at: torch.Tensor,
-    datas: list[Batch], gens: list[torch.Generator],
-) -> list[dict[str, torch.Tensor]]:
-    """``client_curvature`` of every client of a round, the per-sample Jacobians in one call.
-
-    ``at`` is theta^k [P] (curvature at the broadcast model) or the clients' results [M, P].
-    Each client draws from its own ``gens[m]`` in client_curvature's order (subsample, then
-    sampled labels); clients whose size rule picks another method (gram, matrix_free) keep
-    the per-client path. Per client: S = stack_i M_i^T J_i / sqrt(n) [n C', P], then
-    eigenpairs or the diagonal of S^T S, as in ``fipa.curvature``.
-    """
-    out: list[dict[str, torch.Tensor] | None] = [None] * len(datas)
-    exact: list[tuple[int, Batch, torch.Tensor]] = []  # (client, its batch, M_i [n, C, C'])
-    for m, (data, gen) in enumerate(zip(datas, gens, strict=True)):
-        theta = at if at.dim() == 1 else at[m]
-        batch, M_sqrt = curvature_sample(request, task, model, layout, theta, data, gen)  # M [n, C, C']
-        if request.resolved_method(M_sqrt.shape[0], M_sqrt.shape[-1], theta.numel()) == "exact":
-            exact.append((m, batch, M_sqrt))
-        else:  # gram or matrix_free: this client's own path, from the sample just drawn
-            out[m] = sample_curvature(request, task, model, layout, theta, batch, M_sqrt, gen)
-    if exact:
-        batch = {k: torch.cat([b[k] for _, b, _ in exact]) for k in exact[0][1]}
-        if at.dim() == 1:
-            owner, thetas = None, at
-        else:
-            owner = torch.cat([torch.full((num_samples(b),), i, device=at.device)
-                               for i, (_, b, _) in enumerate(exact)])
-            thetas = at[[m for m, _, _ in exact]]
-        J = stacked_jacobians(task, model, layout, thetas, owner, batch)  # [N, C, P]
-        start = 0
-        for m, b, M_sqrt in exact:
-            n = num_samples(b)
-            S = contract_rows(M_sqrt, J[start : start + n])  # stack_i M_i^T J_i / sqrt(n)
-            out[m] = summarize(request, S)
-            start += n
-    return out  # type: ignore[return-value]
+    return theta

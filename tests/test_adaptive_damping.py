@@ -14,7 +14,15 @@ import pandas as pd
 import pytest
 import torch
 
-from fipa.aggregators import AGGREGATORS, FIPA, ClientUpdate, FIPASystem, LossProbe, fipa_direction
+from fipa.aggregators import (
+    AGGREGATORS,
+    FIPA,
+    ClientUpdate,
+    FIPASystem,
+    LossProbe,
+    RoundContext,
+    fipa_direction,
+)
 from fipa.batch import CellJob, run_cells
 from fipa.config import parse_run_config
 from fipa.simulate import finite_uploads, train
@@ -111,12 +119,22 @@ def trust_region(**over) -> FIPA:
     return cls(cls.Params(**{"rho": 1e-3, "rank": 4, "damping": "trust_region", "truncation": 0.0, **over}))
 
 
+@pytest.mark.parametrize(("damping", "probes"),
+                         [("fixed", False), ("adaptive", False), ("trust_region", True)])
+def test_only_trust_region_asks_the_round_for_a_loss_probe(damping, probes):
+    """The loop builds ``RoundContext.probe`` where ``needs_loss_probe``: FIPA's trust-region test only."""
+    cls = AGGREGATORS.get("fipa")
+    assert cls(cls.Params(damping=damping)).needs_loss_probe is probes
+    fedavg = AGGREGATORS.get("fedavg")
+    assert fedavg(fedavg.Params()).needs_loss_probe is False
+
+
 def test_trust_region_relaxes_rho_when_the_model_is_exact():
     """Loss = the server's own quadratic model: actual = predicted decrease, ratio 1 > 3/4."""
     theta, ups, loss = quadratic_round()
     agg = trust_region()
     state = agg.init_state(theta)
-    out = agg.step(theta, ups, state, probe=LossProbe(loss, clients=3, hessian_scale=2.0))
+    out = agg.step(theta, ups, state, RoundContext(1, probe=LossProbe(loss, clients=3, hessian_scale=2.0)))
     assert float(state["ratio"]) == pytest.approx(1.0, rel=1e-8)
     assert float(state["rho"]) == pytest.approx(1e-3 / 2)
     assert int(state["rejected_steps"]) == 0 and int(state["loss_probe_passes"]) == 2 * 3
@@ -133,7 +151,7 @@ def test_trust_region_grows_rho_after_bad_steps_then_averages():
     bad = LossProbe(lambda at: loss(at) + 1e3 * float((at - theta).norm() ** 2), 3, 2.0)
     agg = trust_region(max_retries=2)
     state = agg.init_state(theta)
-    out = agg.step(theta, ups, state, probe=bad)
+    out = agg.step(theta, ups, state, RoundContext(1, probe=bad))
     assert float(state["rho"]) == pytest.approx(1e-3 * 4**3)
     assert int(state["rejected_steps"]) == 3 and int(state["fallback_steps"]) == 1
     assert int(state["loss_probe_passes"]) == 3 * (1 + 3)
@@ -141,7 +159,7 @@ def test_trust_region_grows_rho_after_bad_steps_then_averages():
     torch.testing.assert_close(out, theta + dbar, rtol=1e-12, atol=1e-12)
     grown = float(state["rho"])
     for _ in range(2):  # exact model again: two good rounds halve rho twice
-        agg.step(theta, ups, state, probe=LossProbe(loss, 3, 2.0))
+        agg.step(theta, ups, state, RoundContext(1, probe=LossProbe(loss, 3, 2.0)))
     assert float(state["rho"]) == pytest.approx(grown / 4)
 
 
@@ -151,7 +169,7 @@ def test_poor_step_grows_rho_but_is_kept():
     agg = trust_region()
     state = agg.init_state(theta)
     # the true loss is a tenth of the model: actual / pred = 0.1
-    agg.step(theta, ups, state, probe=LossProbe(lambda at: 0.1 * loss(at), 3, 2.0))
+    agg.step(theta, ups, state, RoundContext(1, probe=LossProbe(lambda at: 0.1 * loss(at), 3, 2.0)))
     assert float(state["ratio"]) == pytest.approx(0.1, rel=1e-8)
     assert float(state["rho"]) == pytest.approx(4e-3) and int(state["rejected_steps"]) == 0
 
@@ -175,8 +193,8 @@ def test_memory_anchors_absent_clients_with_zero_delta():
     cls = AGGREGATORS.get("fipa")
     agg = cls(cls.Params(rho=1e-3, rank=3, memory="curvature"))
     state = agg.init_state(theta)
-    agg.step(theta, ups, state)  # round 1: everyone; remembered
-    out = agg.step(theta, ups[:1], state)  # round 2: client 0 only
+    agg.step(theta, ups, state, RoundContext(1))  # round 1: everyone; remembered
+    out = agg.step(theta, ups[:1], state, RoundContext(2))  # round 2: client 0 only
     counts = torch.tensor([u.num_samples for u in ups], dtype=DT)
     w = counts / counts.sum()
     system = FIPASystem([ups[0].delta, torch.zeros_like(theta), torch.zeros_like(theta)],
@@ -206,7 +224,7 @@ def test_fixed_damping_run_bitwise_equals_pre_change_code(tmp_path, monkeypatch)
     cfg = tiny(rounds=3, aggregator={"damping": "fixed"})
     run(cfg, tmp_path / "now")
 
-    def old_step(self, theta, updates, state, probe=None):
+    def old_step(self, theta, updates, state, ctx):
         n = torch.tensor([u.num_samples for u in updates], dtype=DT)
         return theta + self.params.server_lr * _reference_fipa_direction(
             [u.delta for u in updates], [u.factor for u in updates], n / n.sum(), self.params.rho,

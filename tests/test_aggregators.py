@@ -1,6 +1,6 @@
 """Oracle tests of the server aggregation rules in ``fipa.aggregators``.
 
-The low-rank FIPA step is checked against dense P x P formulas from fipa-spec.md
+The low-rank FIPA step is checked against dense P x P formulas of docs/method.md ("Update rule")
 (only possible for small P), against the Gauss-Newton property on linear least squares,
 and the averaging baselines against steps written out by hand. All in float64.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fipa.aggregators import AGGREGATORS, ClientUpdate, fipa_direction, mean_delta
+from fipa.aggregators import AGGREGATORS, ClientUpdate, RoundContext, fipa_direction, mean_delta
 from fipa.curvature import lowrank_factor
 
 DT = torch.float64
+ROUND = RoundContext(1)  # a round without client-method state or loss probe
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +64,7 @@ def dense_fipa(
     deltas: list[torch.Tensor], factors: list[torch.Tensor], weights: torch.Tensor,
     rho: float, complement: str,
 ) -> torch.Tensor:
-    """The FIPA direction from the P x P formulas of fipa-spec.md.
+    """The FIPA direction from the P x P formulas of docs/method.md ("Update rule", "Complement").
 
     rho > 0: u = (H + lam I)^-1 g, g = sum w H_m d_m + lam dbar, lam = rho lambda_max(H);
     complement "none" keeps only Pi u (the code drops the part outside range(H)).
@@ -130,7 +131,7 @@ def test_fipa_step_uses_sample_count_weights_and_server_lr():
     agg = cls(cls.Params(rho=1e-3, complement="fedavg", server_lr=0.7, rank=4))
     theta = torch.linspace(-1, 1, 60, dtype=DT)
     ups = [ClientUpdate(d, n, factor=A) for d, n, A in zip(deltas, counts, factors, strict=True)]
-    got = agg.step(theta, ups, agg.init_state(theta))
+    got = agg.step(theta, ups, agg.init_state(theta), ROUND)
     expected = theta + 0.7 * dense_fipa(deltas, factors, w, 1e-3, "fedavg")
     assert_close_rel(got, expected, rtol=1e-8)
 
@@ -187,7 +188,7 @@ def linear_round(data, theta: torch.Tensor, name: str, **params) -> torch.Tensor
         updates.append(ClientUpdate(local_exact_solve(X, y, theta) - theta, n, factor=A))
     cls = AGGREGATORS.get(name)
     agg = cls(cls.Params(**params))
-    return agg.step(theta, updates, agg.init_state(theta))
+    return agg.step(theta, updates, agg.init_state(theta), ROUND)
 
 
 @pytest.mark.parametrize("complement", ["none", "fedavg"])
@@ -260,8 +261,8 @@ def run_rounds(agg) -> torch.Tensor:
     """Apply the aggregator for the rounds in ROUNDS from THETA0, keeping server state."""
     theta = torch.tensor(THETA0, dtype=DT)
     state = agg.init_state(theta)
-    for updates in ROUNDS:
-        theta = agg.step(theta, updates, state)
+    for k, updates in enumerate(ROUNDS):
+        theta = agg.step(theta, updates, state, RoundContext(k + 1))
     return theta
 
 
@@ -301,7 +302,7 @@ def test_fedavg_is_sample_weighted_mean():
     expected_mean = torch.tensor([(1 - 6) / 10, (9 + 6) / 10, (-2 + 3 + 3) / 10], dtype=DT)
     torch.testing.assert_close(mean_delta(ups), expected_mean, rtol=1e-15, atol=1e-15)
     theta = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
-    got = make("fedavg", server_lr=2.0).step(theta, ups, {})
+    got = make("fedavg", server_lr=2.0).step(theta, ups, {}, ROUND)
     torch.testing.assert_close(got, theta + 2.0 * expected_mean, rtol=1e-15, atol=1e-15)
 
 
@@ -318,7 +319,7 @@ def test_diag_fisher_matches_hand_computation():
         den = sum(w[m] * float(fishers[m][j]) for m in range(2))
         expected.append(eta * num / (den + eps))
     theta = torch.zeros(4, dtype=DT)
-    got = make("diag_fisher", eps=eps, server_lr=eta).step(theta, ups, {})
+    got = make("diag_fisher", eps=eps, server_lr=eta).step(theta, ups, {}, ROUND)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=DT), rtol=1e-14, atol=1e-15)
     assert got[3] == 0.0
 

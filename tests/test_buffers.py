@@ -15,8 +15,10 @@ import torch
 from torch.func import functional_call
 
 from fipa import buffers
+from fipa.client_model import ClientModel
 from fipa.config import parse_run_config
 from fipa.losses import per_sample_loss
+from fipa.round_context import RoundContext
 from fipa.simulate import Simulation, derive_seed, train
 from tests.test_vision import digits_run
 
@@ -51,7 +53,8 @@ def test_a_round_averages_the_clients_batchnorm_statistics(tmp_path, aggregator)
     for m, data in enumerate(sim.data):  # each client alone, from the broadcast model
         model = copy.deepcopy(sim.model).train()
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 1, m, 0xC1))
-        sim.method.train(sim.task, model, sim.layout, theta0, data, gen, sim.method.init_state(theta0))
+        sim.method.train(ClientModel(sim.task, model, sim.layout), theta0, data, gen,
+                         sim.method.init_state(theta0), RoundContext(1))
         uploads.append(buffers.read(model))
         sizes.append(len(data["y"]))
     n = sum(sizes)

@@ -1,10 +1,12 @@
-"""Client methods (fipa/clients.py): each method's defining property against an oracle.
+"""Client methods (fipa/clients/): each method's defining property against an oracle.
 
 FedProx mu = 0, FedSAM rho = 0 and FedRCL weight = 0 are plain local training bit for
 bit; SCAFFOLD's local steps, control-variate update (option II) and server average,
 FedDyn's linear term, state update and server correction follow the papers' formulas,
 recomputed here by hand with autograd; every method runs under every aggregator and
-resumes from a checkpoint to the same numbers.
+resumes from a checkpoint to the same numbers. The methods are stateless: the state a round
+reads (the client's, the server's) is passed in and the next one returned, never kept on
+the method object.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from fipa.aggregators import ClientUpdate
+from fipa.client_model import ClientModel
 from fipa.clients import (
     CLIENT_METHODS,
     FedDynParams,
@@ -26,6 +30,7 @@ from fipa.clients import (
 from fipa.config import ClientConfig, parse_run_config
 from fipa.losses import mean_loss
 from fipa.params import ParamLayout, model_params
+from fipa.round_context import RoundContext
 from fipa.simulate import train
 from fipa.tasks.regression import Regression, RegressionParams
 from fipa.tasks.vision import Vision, VisionParams
@@ -60,12 +65,12 @@ def method(name: str, params, **cfg):
 
 
 def run_local(m, setup, seed: int = 7, state=None, server=None):
-    """One client's local training; returns (theta_m, state)."""
+    """One client's local training in round 1; returns its LocalResult (theta_m, next state, upload)."""
     task, model, layout, theta0, data = setup
     state = m.init_state(theta0) if state is None else state
-    m.begin_round(m.init_server_state(theta0) if server is None else server)
-    res = m.train(task, model, layout, theta0, data, torch.Generator().manual_seed(seed), state)
-    return res.theta, state
+    ctx = RoundContext(1, m.init_server_state(theta0) if server is None else server)
+    gen = torch.Generator().manual_seed(seed)
+    return m.train(ClientModel(task, model, layout), theta0, data, gen, state, ctx)
 
 
 def loss_grad(task, model, layout, theta, batch) -> torch.Tensor:
@@ -83,24 +88,24 @@ def loss_grad(task, model, layout, theta, batch) -> torch.Tensor:
                                              ("fedsam", FedSAMParams(rho=0.0))])
 def test_zero_strength_is_plain_local_training_bit_for_bit(name, params, optimizer):
     setup = regression_setup()
-    plain, _ = run_local(method("local", LocalParams(), optimizer=optimizer), setup)
-    ours, _ = run_local(method(name, params, optimizer=optimizer), setup)
+    plain = run_local(method("local", LocalParams(), optimizer=optimizer), setup).theta
+    ours = run_local(method(name, params, optimizer=optimizer), setup).theta
     assert torch.equal(plain, ours) and not torch.equal(plain, setup[3])
 
 
 def test_fedrcl_weight_zero_is_plain_training_bit_for_bit():
     setup = digits_setup()
-    plain, _ = run_local(method("local", LocalParams(), local_steps=3, batch_size=16), setup)
-    ours, _ = run_local(method("fedrcl", FedRCLParams(weight=0.0), local_steps=3, batch_size=16), setup)
+    plain = run_local(method("local", LocalParams(), local_steps=3, batch_size=16), setup).theta
+    ours = run_local(method("fedrcl", FedRCLParams(weight=0.0), local_steps=3, batch_size=16), setup).theta
     assert torch.equal(plain, ours)
-    other, _ = run_local(method("fedrcl", FedRCLParams(weight=1.0), local_steps=3, batch_size=16), setup)
+    other = run_local(method("fedrcl", FedRCLParams(weight=1.0), local_steps=3, batch_size=16), setup).theta
     assert not torch.allclose(plain, other)
 
 
 def test_scaffold_with_zero_controls_first_step_is_plain_sgd():
     setup = regression_setup()
-    plain, _ = run_local(method("local", LocalParams(), local_steps=1), setup)
-    ours, _ = run_local(method("scaffold", ScaffoldParams(), local_steps=1), setup)
+    plain = run_local(method("local", LocalParams(), local_steps=1), setup).theta
+    ours = run_local(method("scaffold", ScaffoldParams(), local_steps=1), setup).theta
     assert torch.equal(plain, ours)
 
 
@@ -110,7 +115,7 @@ def test_scaffold_with_zero_controls_first_step_is_plain_sgd():
 def test_fedprox_step_adds_the_proximal_gradient():
     task, model, layout, theta0, data = setup = regression_setup()
     mu, lr = 0.3, 0.05
-    ours, _ = run_local(method("fedprox", FedProxParams(mu=mu), local_steps=2, batch_size=None), setup)
+    ours = run_local(method("fedprox", FedProxParams(mu=mu), local_steps=2, batch_size=None), setup).theta
     y = theta0.clone()
     for _ in range(2):  # full batch: y <- y - lr (grad L(y) + mu (y - theta0))
         y = y - lr * (loss_grad(task, model, layout, y, data) + mu * (y - theta0))
@@ -120,7 +125,7 @@ def test_fedprox_step_adds_the_proximal_gradient():
 def test_fedsam_step_is_the_sam_oracle():
     task, model, layout, theta0, data = setup = regression_setup()
     rho, lr = 0.05, 0.05
-    ours, _ = run_local(method("fedsam", FedSAMParams(rho=rho), local_steps=2, batch_size=None), setup)
+    ours = run_local(method("fedsam", FedSAMParams(rho=rho), local_steps=2, batch_size=None), setup).theta
     y = theta0.clone()
     for _ in range(2):  # eps = rho g / ||g||; y <- y - lr grad L(y + eps)
         g = loss_grad(task, model, layout, y, data)
@@ -142,16 +147,22 @@ def test_scaffold_local_steps_and_option_ii_update():
     m = method("scaffold", ScaffoldParams(), local_steps=K, batch_size=None)
     server = {"c": c.clone()}
     state = {"c": c_i.clone()}
-    ours, _ = run_local(m, setup, state=state, server=server)
+    attributes = dict(vars(m))
+    res = run_local(m, setup, state=state, server=server)
     y, grads = theta0.clone(), []
     for _ in range(K):
         grads.append(loss_grad(task, model, layout, y, data))
         y = y - lr * (grads[-1] - c_i + c)
-    torch.testing.assert_close(ours, y, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(state["c"], torch.stack(grads).mean(0), rtol=1e-8, atol=1e-10)
-    out = m.end_round(ours, server, N)
-    assert out is ours  # SCAFFOLD leaves the aggregated model alone
-    torch.testing.assert_close(server["c"], c + (state["c"] - c_i) / N, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(res.theta, y, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(res.state["c"], torch.stack(grads).mean(0), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(res.upload["dc"], res.state["c"] - c_i, rtol=0, atol=0)
+    # stateless: the state and server state passed in are unchanged, the method holds none
+    assert torch.equal(state["c"], c_i) and torch.equal(server["c"], c)
+    update = ClientUpdate(res.theta - theta0, 32, method_upload=res.upload)
+    out, next_server = m.end_round(res.theta, [update], RoundContext(1, server), N)
+    assert out is res.theta  # SCAFFOLD leaves the aggregated model alone
+    torch.testing.assert_close(next_server["c"], c + (res.state["c"] - c_i) / N, rtol=1e-12, atol=1e-15)
+    assert torch.equal(server["c"], c) and vars(m) == attributes  # nothing kept on the object
 
 
 def scaffold_cfg(**over):
@@ -188,12 +199,14 @@ def test_feddyn_local_objective_and_state_update():
     g_prev = 0.05 * torch.randn(theta0.shape, generator=torch.Generator().manual_seed(2), dtype=DT)
     m = method("feddyn", FedDynParams(alpha=alpha), local_steps=K, batch_size=None)
     state = {"grad": g_prev.clone()}
-    ours, _ = run_local(m, setup, state=state, server={"h": torch.zeros_like(theta0)})
+    res = run_local(m, setup, state=state, server={"h": torch.zeros_like(theta0)})
     y = theta0.clone()
     for _ in range(K):
         y = y - lr * (loss_grad(task, model, layout, y, data) - g_prev + alpha * (y - theta0))
-    torch.testing.assert_close(ours, y, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(state["grad"], g_prev - alpha * (ours - theta0), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(res.theta, y, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(res.state["grad"], g_prev - alpha * (res.theta - theta0), rtol=1e-12,
+                               atol=1e-15)
+    assert torch.equal(state["grad"], g_prev) and res.upload == {}  # FedDyn uploads its delta only
 
 
 def test_feddyn_server_h_and_correction():
@@ -203,19 +216,20 @@ def test_feddyn_server_h_and_correction():
     alpha, N = 0.1, 8
     m = method("feddyn", FedDynParams(alpha=alpha), local_steps=2)
     h0 = 0.01 * torch.randn(theta0.shape, generator=torch.Generator().manual_seed(3), dtype=DT)
-    server = {"h": h0.clone()}
-    m.begin_round(server)
+    ctx = RoundContext(1, {"h": h0.clone()})
     task, model, layout, _, data = setup
-    thetas = [m.train(task, model, layout, theta0, data, torch.Generator().manual_seed(s),
-                      m.init_state(theta0)).theta for s in (1, 2, 3)]
+    cm = ClientModel(task, model, layout)
+    thetas = [m.train(cm, theta0, data, torch.Generator().manual_seed(s), m.init_state(theta0), ctx).theta
+              for s in (1, 2, 3)]
+    updates = [ClientUpdate(t - theta0, 32) for t in thetas]
     agg = torch.stack(thetas).mean(0)
-    out = m.end_round(agg, server, N)
+    out, server = m.end_round(agg, updates, ctx, N)
     h = h0 - alpha / N * sum(t - theta0 for t in thetas)
     torch.testing.assert_close(server["h"], h, rtol=1e-12, atol=1e-16)
     torch.testing.assert_close(out, agg - h / alpha, rtol=1e-12, atol=1e-14)
+    assert torch.equal(ctx.server["h"], h0)
     plain = method("feddyn", FedDynParams(alpha=alpha, server_correction=False))
-    plain.begin_round({"h": h0.clone()})
-    assert plain.end_round(agg, {"h": h0.clone()}, N) is agg
+    assert plain.end_round(agg, updates, RoundContext(1, {"h": h0.clone()}), N)[0] is agg
 
 
 # ----------------------------------------------------------------------------- FedRCL
@@ -256,7 +270,7 @@ def test_fedrcl_objective_is_ce_plus_weighted_rcl():
     task, model, layout, theta0, data = digits_setup(24)
     m = method("fedrcl", FedRCLParams(weight=0.5, penalty=0.7))
     flat = theta0.clone().requires_grad_(True)
-    obj, loss = m.objective(task, model, layout, flat, theta0, data, {})
+    obj, loss = m.objective(ClientModel(task, model, layout), flat, theta0, data, {})
     with torch.no_grad():
         feats, out = task.features(model, layout.unflatten(theta0), data)
         ce = mean_loss("ce", out, data["y"])
@@ -304,15 +318,30 @@ def test_scaffold_uplink_counts_the_control_variate_delta(tmp_path):
     assert sc["uplink_bytes_total"] == 2 * loc["uplink_bytes_total"]
 
 
-def test_declared_capabilities_match_what_each_method_and_task_implements():
-    """The flags the vectorized path reads (no probing there) agree with the overrides."""
-    from fipa.clients import CLIENT_METHODS, ClientMethod
-    from fipa.tasks import TASKS, Task
-
+def test_a_task_loss_objective_is_the_task_loss_plus_extra_loss():
+    """What ``objective_kind: task_loss`` declares, and the stacked direct path evaluates in its
+    place: every such method's objective is the task's mean loss plus its ``extra_loss``."""
+    task, model, layout, theta0, data = regression_setup(16)
+    cm = ClientModel(task, model, layout)
+    flat = theta0 + 0.01
+    defaults = {"fedprox": FedProxParams(mu=0.3), "feddyn": FedDynParams(alpha=0.2)}
     for name in CLIENT_METHODS.names():
         cls = CLIENT_METHODS.get(name)
-        assert cls.has_extra_loss == (cls.extra_loss is not ClientMethod.extra_loss), name
-        assert cls.custom_objective == (cls.objective is not ClientMethod.objective), name
+        if cls.objective_kind != "task_loss" or not cls.__module__.startswith("fipa."):
+            continue  # plugins registered by other tests are not this test's business
+        m = method(name, defaults.get(name, cls.Params()))
+        state = {k: 0.1 * torch.ones_like(theta0) for k in m.client_state_keys}
+        obj, loss = m.objective(cm, flat, theta0, data, state)
+        want = mean_loss(task.loss_kind, cm.outputs(flat, data), task.targets(data))
+        extra = m.extra_loss(flat, theta0, state)
+        assert float(loss) == float(want), name
+        assert float(obj) == float(want if extra is None else want + extra), name
+
+
+def test_declared_task_features_match_what_each_task_implements():
+    """``has_features`` (FedRCL's check reads it, no probing) agrees with the override."""
+    from fipa.tasks import TASKS, Task
+
     for name in TASKS.names():
         cls = TASKS.get(name)
         assert cls.has_features == (cls.features is not Task.features), name

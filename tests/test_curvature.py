@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fipa.curvature import CurvatureRequest, client_curvature, ggn_diagonal, ggn_sqrt, lowrank_factor
+from fipa.client_model import ClientModel
+from fipa.curvature import (
+    CurvatureRequest,
+    CurvatureUpload,
+    client_curvature,
+    ggn_diagonal,
+    ggn_sqrt,
+    lowrank_factor,
+)
 from fipa.params import ParamLayout, model_params
 from fipa.partition import PartitionInput
 from fipa.tasks.base import Batch, Task
@@ -101,7 +109,8 @@ def assert_matrix_close(actual: torch.Tensor, expected: torch.Tensor, rtol: floa
 def test_ggn_sqrt_regression_matches_dense_jtj():
     """MSE: S^T S == J^T J / n (fipa's L = I), J from autograd.functional.jacobian."""
     task, model, layout, theta, batch = regression_setup()
-    S = ggn_sqrt(task, model, layout, theta, batch)
+    cm = ClientModel(task, model, layout)
+    S = ggn_sqrt(cm, theta, batch)
     J = dense_jacobian(task, model, layout, theta, batch)  # [n, 1, P]
     n, C, P = J.shape
     assert S.shape == (n * C, P) and P == 97
@@ -115,7 +124,8 @@ def test_ggn_sqrt_cross_entropy_matches_dense_oracle():
     L_i is also checked against diag(p) - p p^T, the closed form the task docs state.
     """
     task, model, layout, theta, batch = classifier_setup()
-    S = ggn_sqrt(task, model, layout, theta, batch)
+    cm = ClientModel(task, model, layout)
+    S = ggn_sqrt(cm, theta, batch)
     J = dense_jacobian(task, model, layout, theta, batch)  # [n, 3, P]
     with torch.no_grad():
         logits = task.outputs(model, layout.unflatten(theta), batch)
@@ -144,7 +154,8 @@ def test_ggn_sqrt_regression_matches_curvlinops():
     samples, (1/n) J^T J; with C = 1 output: curvlinops = 2 * fipa.
     """
     task, model, layout, theta, batch = regression_setup()
-    S = ggn_sqrt(task, model, layout, theta, batch)
+    cm = ClientModel(task, model, layout)
+    S = ggn_sqrt(cm, theta, batch)
     data = [(task.scale(batch["x"]), batch["y"])]
     op = GGNLinearOperator(model, nn.MSELoss(reduction="mean"), list(model.parameters()), data)
     C = batch["y"].shape[1]
@@ -158,7 +169,8 @@ def test_ggn_sqrt_regression_matches_curvlinops():
 def test_ggn_sqrt_cross_entropy_matches_curvlinops():
     """curvlinops GGN of CrossEntropyLoss(mean) == fipa's H exactly (no extra factor)."""
     task, model, layout, theta, batch = classifier_setup()
-    S = ggn_sqrt(task, model, layout, theta, batch)
+    cm = ClientModel(task, model, layout)
+    S = ggn_sqrt(cm, theta, batch)
     data = [(batch["x"], batch["y"])]
     op = GGNLinearOperator(model, nn.CrossEntropyLoss(reduction="mean"), list(model.parameters()), data)
     for seed in range(3):
@@ -210,11 +222,12 @@ def test_ggn_diagonal_is_diag_of_h():
 def test_client_curvature_full_data_matches_factor():
     """samples=None: the factor of the GGN of all the client's data."""
     task, model, layout, theta, batch = regression_setup()
-    req = CurvatureRequest("lowrank", rank=6)
-    out = client_curvature(req, task, model, layout, theta, batch, torch.Generator().manual_seed(0))
-    sigma, A = lowrank_factor(ggn_sqrt(task, model, layout, theta, batch), 6)
-    torch.testing.assert_close(out["eigvals"], sigma, rtol=1e-12, atol=0.0)
-    assert_matrix_close(out["factor"].T @ out["factor"], A.T @ A, rtol=1e-10)
+    cm = ClientModel(task, model, layout)
+    req = CurvatureRequest(kind="lowrank", rank=6)
+    out = client_curvature(req, cm, theta, batch, torch.Generator().manual_seed(0))
+    sigma, A = lowrank_factor(ggn_sqrt(cm, theta, batch), 6)
+    torch.testing.assert_close(out.eigvals, sigma, rtol=1e-12, atol=0.0)
+    assert_matrix_close(out.factor.T @ out.factor, A.T @ A, rtol=1e-10)
 
 
 def test_client_curvature_subsample_is_deterministic_given_generator():
@@ -224,19 +237,20 @@ def test_client_curvature_subsample_is_deterministic_given_generator():
     that the diagonal request subsamples the same way.
     """
     task, model, layout, theta, batch = regression_setup()
-    req = CurvatureRequest("lowrank", rank=4, samples=8)
+    cm = ClientModel(task, model, layout)
+    req = CurvatureRequest(kind="lowrank", rank=4, curvature_samples=8)
 
-    def run(seed: int, request: CurvatureRequest = req) -> dict[str, torch.Tensor]:
+    def run(seed: int, request: CurvatureRequest = req) -> CurvatureUpload:
         gen = torch.Generator().manual_seed(seed)
-        return client_curvature(request, task, model, layout, theta, batch, gen)
+        return client_curvature(request, cm, theta, batch, gen)
 
     a, b, c = run(123), run(123), run(7)
-    assert torch.equal(a["factor"], b["factor"]) and torch.equal(a["eigvals"], b["eigvals"])
-    assert not torch.allclose(a["eigvals"], c["eigvals"])
+    assert torch.equal(a.factor, b.factor) and torch.equal(a.eigvals, b.eigvals)
+    assert not torch.allclose(a.eigvals, c.eigvals)
     idx = torch.randperm(20, generator=torch.Generator().manual_seed(123))[:8]
-    S_sub = ggn_sqrt(task, model, layout, theta, {k: v[idx] for k, v in batch.items()})
+    S_sub = ggn_sqrt(cm, theta, {k: v[idx] for k, v in batch.items()})
     sigma, A = lowrank_factor(S_sub, 4)
-    torch.testing.assert_close(a["eigvals"], sigma, rtol=1e-12, atol=0.0)
-    assert_matrix_close(a["factor"].T @ a["factor"], A.T @ A, rtol=1e-10)
-    diag = run(123, CurvatureRequest("diag", samples=8))["diag"]
+    torch.testing.assert_close(a.eigvals, sigma, rtol=1e-12, atol=0.0)
+    assert_matrix_close(a.factor.T @ a.factor, A.T @ A, rtol=1e-10)
+    diag = run(123, CurvatureRequest(kind="diag", curvature_samples=8)).diag
     torch.testing.assert_close(diag, torch.diagonal(S_sub.T @ S_sub), rtol=1e-12, atol=1e-14)

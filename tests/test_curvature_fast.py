@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from fipa.client_model import ClientModel
 from fipa.config import parse_run_config
 from fipa.curvature import (
     CurvatureRequest,
@@ -27,7 +28,7 @@ from fipa.curvature import (
     per_sample_rows,
 )
 from fipa.simulate import train
-from fipa.vectorized import round_curvature
+from fipa.stacked_curvature import round_curvature
 from tests.helpers import digits_cnn_client
 
 DT = torch.float64
@@ -58,14 +59,15 @@ def factor_M(task, model, layout, theta, batch, fisher, seed=0):
 def test_rows_are_the_stacked_jacobian_rows(setup, fisher, chunk):
     """Row (i, k) = M_i[:, k]^T J_i / sqrt(n), in layout order, by either the loop or vmap."""
     task, model, layout, theta, batch = setup
+    cm = ClientModel(task, model, layout)
     M = factor_M(task, model, layout, theta, batch, fisher)
-    S = ggn_sqrt(task, model, layout, theta, batch, M)  # [n C', P]
-    blocks = per_sample_rows(task, model, layout, theta, batch, M, chunk)
+    S = ggn_sqrt(cm, theta, batch, M)  # [n C', P]
+    blocks = per_sample_rows(cm, theta, batch, M, chunk)
     assert [b.shape for b in blocks] == [(S.shape[0], s) for s in layout.sizes]
     torch.testing.assert_close(torch.cat(blocks, dim=1), S, rtol=1e-12, atol=1e-14)
     # a subset of the tensors: the same columns
     names = list(layout.names[1::2])
-    some = per_sample_rows(task, model, layout, theta, batch, M, chunk, names)
+    some = per_sample_rows(cm, theta, batch, M, chunk, names)
     cols = torch.split(S, layout.sizes, dim=1)
     for b, name in zip(some, names, strict=True):
         torch.testing.assert_close(b, cols[layout.names.index(name)], rtol=1e-12, atol=1e-14)
@@ -73,9 +75,10 @@ def test_rows_are_the_stacked_jacobian_rows(setup, fisher, chunk):
 
 def test_gram_eigs_equal_the_thin_eigensolve_and_free_their_input(setup):
     task, model, layout, theta, batch = setup
+    cm = ClientModel(task, model, layout)
     M = factor_M(task, model, layout, theta, batch, "ggn")
-    sigma, A = lowrank_factor(ggn_sqrt(task, model, layout, theta, batch, M), R)
-    blocks = per_sample_rows(task, model, layout, theta, batch, M)
+    sigma, A = lowrank_factor(ggn_sqrt(cm, theta, batch, M), R)
+    blocks = per_sample_rows(cm, theta, batch, M)
     s_g, A_g = gram_eigs(blocks, R)
     assert blocks == []  # consumed: each block is freed once mapped back
     assert A_g.shape == (R, theta.numel()) and A_g.dtype == theta.dtype
@@ -86,28 +89,30 @@ def test_gram_eigs_equal_the_thin_eigensolve_and_free_their_input(setup):
 def test_gram_path_is_the_exact_ggn_of_the_subsample(setup):
     """client_curvature(method gram) = method exact: same subsample from the same generator."""
     task, model, layout, theta, batch = setup
+    cm = ClientModel(task, model, layout)
     data = task.client_data(np.arange(60))
     got = {}
     for method in ("exact", "gram"):
-        req = CurvatureRequest("lowrank", rank=R, samples=24, method=method)
+        req = CurvatureRequest(kind="lowrank", rank=R, curvature_samples=24, curvature_method=method)
         gen = torch.Generator().manual_seed(4)
-        got[method] = client_curvature(req, task, model, layout, theta, data, gen)
-    torch.testing.assert_close(got["gram"]["eigvals"], got["exact"]["eigvals"], rtol=1e-10, atol=0)
-    same_h(got["gram"]["factor"], got["exact"]["factor"], float(got["exact"]["eigvals"][0]))
+        got[method] = client_curvature(req, cm, theta, data, gen)
+    torch.testing.assert_close(got["gram"].eigvals, got["exact"].eigvals, rtol=1e-10, atol=0)
+    same_h(got["gram"].factor, got["exact"].factor, float(got["exact"].eigvals[0]))
 
 
 def test_sampled_rows_are_an_unbiased_estimate_of_the_ggn(setup):
     """E[A^T A] = H for the sampled Fisher with all n eigenpairs: the mean of D draws lies within
     5 standard errors of the exact GGN, entry by entry, in a random 2-D projection."""
     task, model, layout, theta, batch = setup
+    cm = ClientModel(task, model, layout)
     small = {k: v[:6] for k, v in batch.items()}
-    S = ggn_sqrt(task, model, layout, theta, small)  # exact GGN rows [60, P]
+    S = ggn_sqrt(cm, theta, small)  # exact GGN rows [60, P]
     Z = torch.randn(theta.numel(), 2, generator=torch.Generator().manual_seed(0), dtype=DT)
     H = (S @ Z).T @ (S @ Z)  # Z^T H Z [2, 2]
     draws = []
     for seed in range(300):
         M = factor_M(task, model, layout, theta, small, "sampled", seed)
-        _, A = gram_eigs(per_sample_rows(task, model, layout, theta, small, M), 6)
+        _, A = gram_eigs(per_sample_rows(cm, theta, small, M), 6)
         draws.append((A @ Z).T @ (A @ Z))
     D = torch.stack(draws)  # [draws, 2, 2]
     err = (D.mean(0) - H).abs()
@@ -115,15 +120,16 @@ def test_sampled_rows_are_an_unbiased_estimate_of_the_ggn(setup):
 
 
 def test_auto_picks_gram_for_large_models_while_its_rows_fit(monkeypatch):
-    req = CurvatureRequest("lowrank", rank=20, method="auto")  # oversample 10: at most 60 rows
+    req = CurvatureRequest(kind="lowrank", rank=20, curvature_method="auto")  # oversample 10: at most 60 rows
     assert req.resolved_method(32, 10, 13_706) == "exact"  # small: unchanged
     P = 11_173_962  # ResNet-18
     assert req.resolved_method(32, 1, P) == "gram"  # sampled Fisher, 32 rows
     assert req.resolved_method(6, 10, P) == "gram"  # exact GGN of 6 samples, 60 rows
     assert req.resolved_method(128, 1, P) == "matrix_free"  # beyond the range finder's memory
-    monkeypatch.setattr("fipa.curvature.AUTO_EXACT_NUMBERS", 0)
+    monkeypatch.setattr("fipa.curvature_request.AUTO_EXACT_NUMBERS", 0)
     assert req.resolved_method(32, 10, 13_706) == "matrix_free"
-    assert CurvatureRequest("lowrank", rank=9, method="gram").resolved_method(1000, 10, 10) == "gram"
+    gram = CurvatureRequest(kind="lowrank", rank=9, curvature_method="gram")
+    assert gram.resolved_method(1000, 10, 10) == "gram"
 
 
 def test_non_finite_rows_give_nan_factors_without_an_eigensolve():
@@ -134,13 +140,15 @@ def test_non_finite_rows_give_nan_factors_without_an_eigensolve():
 
 def test_round_curvature_routes_gram_clients_through_their_own_path(setup):
     task, model, layout, theta, batch = setup
+    cm = ClientModel(task, model, layout)
     datas = [task.client_data(np.arange(i * 20, i * 20 + 20)) for i in range(2)]
-    req = CurvatureRequest("lowrank", rank=4, samples=10, method="gram", fisher="sampled")
-    got = round_curvature(req, task, model, layout, theta, datas,
+    req = CurvatureRequest(kind="lowrank", rank=4, curvature_samples=10, curvature_method="gram",
+                           curvature_fisher="sampled")
+    got = round_curvature(req, cm, theta, datas,
                           [torch.Generator().manual_seed(m) for m in range(2)])
     for m in range(2):
-        ref = client_curvature(req, task, model, layout, theta, datas[m], torch.Generator().manual_seed(m))
-        assert torch.equal(got[m]["eigvals"], ref["eigvals"]) and torch.equal(got[m]["factor"], ref["factor"])
+        ref = client_curvature(req, cm, theta, datas[m], torch.Generator().manual_seed(m))
+        assert torch.equal(got[m].eigvals, ref.eigvals) and torch.equal(got[m].factor, ref.factor)
 
 
 def digits_fipa(**aggregator) -> dict:

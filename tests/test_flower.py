@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from fipa.config import ConfigError, parse_run_config
+from fipa.round_context import RoundContext
 from fipa.simulate import train
 from tests.helpers import flwr_installed, sigkill_after_round, tiny
 
@@ -259,7 +260,7 @@ def test_fipa_strategy_step_is_the_fipa_aggregator(options):
                        for msg, u in zip(sent, updates, strict=True)]
             replies.reverse()  # arrival order reversed: the server sums in client order
             arrays, _ = strategy.aggregate_train(rnd, replies)
-        th_oracle = oracle.step(th, updates, state)
+        th_oracle = oracle.step(th, updates, state, RoundContext(rnd))
         th = flatten_record(arrays)
         assert list(arrays.keys()) == ["w", "b"]
         assert torch.equal(th, th_oracle)

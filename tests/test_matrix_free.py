@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from fipa.client_model import ClientModel
 from fipa.curvature import (
     CurvatureRequest,
     client_curvature,
@@ -38,7 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def setup():
     task, model, layout, theta, batch = digits_cnn_client(48, DT)
-    S = ggn_sqrt(task, model, layout, theta, batch)  # [480, P]
+    cm = ClientModel(task, model, layout)
+    S = ggn_sqrt(cm, theta, batch)  # [480, P]
     return task, model, layout, theta, batch, S
 
 
@@ -58,7 +60,8 @@ def subspace_angle(A1: torch.Tensor, A2: torch.Tensor) -> float:
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_ggn_vector_products_match_dense_and_curvlinops(setup):
     task, model, layout, theta, batch, S = setup
-    mv = ggn_matvec(task, model, layout, theta, batch, ggn_M(task, model, layout, theta, batch), chunk=2)
+    cm = ClientModel(task, model, layout)
+    mv = ggn_matvec(cm, theta, batch, ggn_M(task, model, layout, theta, batch), chunk=2)
     V = torch.randn(3, theta.numel(), generator=torch.Generator().manual_seed(0), dtype=DT)
     got = mv(V)
     dense = (S.T @ (S @ V.T)).T
@@ -82,9 +85,10 @@ def test_ggn_vector_products_match_dense_and_curvlinops(setup):
 
 def test_top_eigenpairs_match_the_exact_ones(setup):
     task, model, layout, theta, batch, S = setup
+    cm = ClientModel(task, model, layout)
     sigma, A = lowrank_factor(S, R + 1)
     assert sigma[R] / sigma[R - 1] < 0.3  # the spectral gap the accuracy below relies on
-    mv = ggn_matvec(task, model, layout, theta, batch, ggn_M(task, model, layout, theta, batch))
+    mv = ggn_matvec(cm, theta, batch, ggn_M(task, model, layout, theta, batch))
     s_mf, A_mf = matrix_free_eigs(mv, theta.numel(), R, torch.Generator().manual_seed(1), DT, "cpu",
                                   oversample=10, power_iters=4)
     torch.testing.assert_close(s_mf, sigma[:R], rtol=1e-3, atol=0)
@@ -95,15 +99,16 @@ def test_top_eigenpairs_match_the_exact_ones(setup):
 
 def test_client_curvature_auto_switches_by_size(setup, monkeypatch):
     task, model, layout, theta, batch, S = setup
-    req = CurvatureRequest("lowrank", rank=R, method="auto")
+    cm = ClientModel(task, model, layout)
+    req = CurvatureRequest(kind="lowrank", rank=R, curvature_method="auto")
     assert req.resolved_method(48, 10, theta.numel()) == "exact"  # 48 * 10 * 13,706 < 2^26
-    exact = client_curvature(req, task, model, layout, theta, batch, torch.Generator().manual_seed(0))
-    monkeypatch.setattr("fipa.curvature.AUTO_EXACT_NUMBERS", 0)
+    exact = client_curvature(req, cm, theta, batch, torch.Generator().manual_seed(0))
+    monkeypatch.setattr("fipa.curvature_request.AUTO_EXACT_NUMBERS", 0)
     assert req.resolved_method(48, 10, theta.numel()) == "matrix_free"
-    mf = client_curvature(req, task, model, layout, theta, batch, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(mf["eigvals"], exact["eigvals"], rtol=1e-3, atol=0)
-    assert subspace_angle(mf["factor"], exact["factor"]) < 1e-2
-    assert mf["factor"].shape == (R, theta.numel())
+    mf = client_curvature(req, cm, theta, batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mf.eigvals, exact.eigvals, rtol=1e-3, atol=0)
+    assert subspace_angle(mf.factor, exact.factor) < 1e-2
+    assert mf.factor.shape == (R, theta.numel())
 
 
 def test_sampled_fisher_factor_is_unbiased_for_the_output_hessian():
@@ -123,12 +128,13 @@ def test_sampled_fisher_factor_is_unbiased_for_the_output_hessian():
 def test_sampled_fisher_matrix_free_equals_its_exact_form(setup):
     """Same sampled labels: the n-sample rank-n Fisher, recovered in full (k = r + p > n)."""
     task, model, layout, theta, batch, _ = setup
+    cm = ClientModel(task, model, layout)
     small = {k: v[:12] for k, v in batch.items()}
     with torch.no_grad():
         out = task.outputs(model, layout.unflatten(theta), small)
     M = output_sqrt("ce", "sampled", out, torch.Generator().manual_seed(3))  # [12, 10, 1]
-    sigma, A = lowrank_factor(ggn_sqrt(task, model, layout, theta, small, M), 12)
-    mv = ggn_matvec(task, model, layout, theta, small, M)
+    sigma, A = lowrank_factor(ggn_sqrt(cm, theta, small, M), 12)
+    mv = ggn_matvec(cm, theta, small, M)
     s_mf, A_mf = matrix_free_eigs(mv, theta.numel(), 12, torch.Generator().manual_seed(1), DT, "cpu",
                                   oversample=4, power_iters=1)
     torch.testing.assert_close(s_mf, sigma, rtol=1e-8, atol=1e-12 * float(sigma[0]))
@@ -136,23 +142,25 @@ def test_sampled_fisher_matrix_free_equals_its_exact_form(setup):
 
 def test_streamed_diagonal_equals_the_exact_diagonal(setup):
     task, model, layout, theta, batch, S = setup
+    cm = ClientModel(task, model, layout)
     M = ggn_M(task, model, layout, theta, batch)
-    d = ggn_diagonal_streamed(task, model, layout, theta, batch, M, chunk=20)  # 20 + 20 + 8 samples
+    d = ggn_diagonal_streamed(cm, theta, batch, M, chunk=20)  # 20 + 20 + 8 samples
     torch.testing.assert_close(d, ggn_diagonal(S), rtol=1e-10, atol=1e-14)
-    req = CurvatureRequest("diag", method="matrix_free")
-    got = client_curvature(req, task, model, layout, theta, batch, torch.Generator())
-    torch.testing.assert_close(got["diag"], ggn_diagonal(S), rtol=1e-10, atol=1e-14)
+    req = CurvatureRequest(kind="diag", curvature_method="matrix_free")
+    got = client_curvature(req, cm, theta, batch, torch.Generator())
+    torch.testing.assert_close(got.diag, ggn_diagonal(S), rtol=1e-10, atol=1e-14)
 
 
 def test_diag_fisher_streams_one_sample_at_a_time_beyond_the_exact_size(setup, monkeypatch):
     """diag_fisher's request is auto: past AUTO_EXACT_NUMBERS (here made smaller than one
     sample's C P Jacobian) it accumulates the diagonal sample by sample, same numbers."""
-    from fipa import curvature
+    from fipa import curvature_request
     from fipa.aggregators import AGGREGATORS
 
     task, model, layout, theta, batch, S = setup
-    monkeypatch.setattr(curvature, "AUTO_EXACT_NUMBERS", theta.numel())  # < C P: chunk of 1 sample
+    cm = ClientModel(task, model, layout)
+    monkeypatch.setattr(curvature_request, "AUTO_EXACT_NUMBERS", theta.numel())  # < C P: chunk of 1 sample
     req = AGGREGATORS.get("diag_fisher")(AGGREGATORS.get("diag_fisher").Params()).curvature_request()
-    assert req.method == "auto" and req.resolved_method(48, 10, theta.numel()) != "exact"
-    got = client_curvature(req, task, model, layout, theta, batch, torch.Generator())
-    torch.testing.assert_close(got["diag"], ggn_diagonal(S), rtol=1e-10, atol=1e-14)
+    assert req.curvature_method == "auto" and req.resolved_method(48, 10, theta.numel()) != "exact"
+    got = client_curvature(req, cm, theta, batch, torch.Generator())
+    torch.testing.assert_close(got.diag, ggn_diagonal(S), rtol=1e-10, atol=1e-14)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from fipa.client_model import ClientModel
 from fipa.config import ConfigError, parse_params, parse_run_config
 from fipa.curvature import ggn_sqrt
 from fipa.params import ParamLayout
@@ -385,7 +386,7 @@ def test_residual_ggn_equals_dense_gauss_newton(problem, over, tmp_path):
     layout = ParamLayout.of(model)
     theta = layout.flatten(dict(model.named_parameters())).detach()
     batch = full_batch(task)
-    S = ggn_sqrt(task, model, layout, theta, batch)
+    S = ggn_sqrt(ClientModel(task, model, layout), theta, batch)
     want = dense_gauss_newton(task, model, batch)
     torch.testing.assert_close(S.T @ S, want, rtol=1e-8, atol=1e-10 * float(want.abs().max()))
 

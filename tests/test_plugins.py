@@ -90,7 +90,7 @@ TOY_PLUGIN = textwrap.dedent('''
     class ToyMean(Aggregator):
         """theta + sum_m w_m delta_m: FedAvg, written outside the package."""
 
-        def step(self, theta, updates, state):
+        def step(self, theta, updates, state, ctx):
             return theta + mean_delta(updates)
 ''')
 
@@ -264,7 +264,7 @@ def test_fedmedian_step_is_the_coordinatewise_median(isolated_registries, m):
     """Oracle: numpy's median of each coordinate over the clients (the mean of the two middle
     values for even M), times server_lr, added to theta."""
     from fipa import plugins
-    from fipa.aggregators import ClientUpdate
+    from fipa.aggregators import ClientUpdate, RoundContext
 
     plugins.load([str(FEDMEDIAN)])
     cls = isolated_registries.get("fedmedian")
@@ -272,7 +272,7 @@ def test_fedmedian_step_is_the_coordinatewise_median(isolated_registries, m):
     theta, deltas = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(m, 7, generator=g,
                                                                                    dtype=torch.float64)
     updates = [ClientUpdate(delta=d, num_samples=10 * (i + 1)) for i, d in enumerate(deltas)]
-    got = cls(cls.Params(server_lr=0.5)).step(theta, updates, {})
+    got = cls(cls.Params(server_lr=0.5)).step(theta, updates, {}, RoundContext(1))
     want = theta.numpy() + 0.5 * np.median(deltas.numpy(), axis=0)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-15)
 

@@ -17,18 +17,21 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from fipa.client_model import ClientModel
 from fipa.clients import CLIENT_METHODS, minibatches
 from fipa.config import ClientConfig, ConfigError, parse_run_config
 from fipa.curvature import CurvatureRequest, client_curvature
 from fipa.params import ParamLayout, call
+from fipa.round_context import RoundContext
 from fipa.simulate import Simulation, train
+from fipa.stacked_curvature import round_curvature
 from fipa.tasks.regression import ACTIVATIONS, mlp
 from fipa.vectorized import (
     AUTO_VECTORIZE_WORK,
     batch_plan,
     choose_path,
     direct_path,
-    round_curvature,
+    local_train,
     stacked_model,
 )
 from tests.helpers import available_aggregators, tiny
@@ -188,6 +191,33 @@ def test_quantity_skew_sgd_momentum_and_partial_participation(tmp_path, method, 
     assert_same_run(cfg, tmp_path, rtol=1e-8)
 
 
+def test_rows_of_two_runs_each_with_its_server_state_train_in_one_call():
+    """The runs axis for a method with server state (SCAFFOLD): the rows of two runs, each from its
+    own theta^k and control variate c ([rows, P] in the context), stacked in one ``local_train``
+    call, equal each run's own call: models, next client states and uploads."""
+    cfg = tiny(client=client_block("scaffold", optimizer="sgd", lr=0.05, local_epochs=2, batch_size=5),
+               partition={"scheme": "domain_split", "clients": 3, "pieces": 1})
+    sim = Simulation.build(parse_run_config(cfg))
+    method, cm, theta = sim.method, sim.client_model, sim.initial_theta()
+    g = torch.Generator().manual_seed(2)
+    noise = lambda scale: scale * torch.randn(theta.shape, generator=g, dtype=theta.dtype)  # noqa: E731
+    runs = [(theta, {"c": noise(0.1)}), (theta + noise(0.01), {"c": noise(0.1)})]
+    states = [{"c": noise(0.05)} for _ in range(3)]
+    gens = lambda r: [torch.Generator().manual_seed(10 * r + m) for m in range(3)]  # noqa: E731
+    alone = [local_train(method, cm, th, sim.data, gens(r), states, RoundContext(1, server))
+             for r, (th, server) in enumerate(runs)]
+    rows = lambda x: torch.stack([x(r) for r in range(2) for _ in range(3)])  # noqa: E731
+    both = local_train(method, cm, rows(lambda r: runs[r][0]), sim.data * 2, gens(0) + gens(1), states * 2,
+                       RoundContext(1, {"c": rows(lambda r: runs[r][1]["c"])}))
+    for r in range(2):
+        for m in range(3):
+            i = 3 * r + m
+            assert_close_vector(both.theta[i], alone[r].theta[m])
+            assert_close_vector(both.states[i]["c"], alone[r].states[m]["c"])
+            assert_close_vector(both.uploads[i]["dc"], alone[r].uploads[m]["dc"])
+    assert not torch.allclose(alone[0].states[0]["c"], alone[1].states[0]["c"])  # the server's c matters
+
+
 def test_pinn_minibatches_and_local_steps(tmp_path):
     cfg = {**PDE, "client": {**PDE["client"], "batch_size": 4, "local_steps": 5},
            "partition": {"scheme": "domain_split", "clients": 4, "pieces": 1},
@@ -199,10 +229,11 @@ def test_pinn_minibatches_and_local_steps(tmp_path):
 
 
 @pytest.mark.parametrize("request_", [
-    CurvatureRequest("lowrank", rank=3),
-    CurvatureRequest("lowrank", rank=5, samples=6, fisher="sampled"),
-    CurvatureRequest("diag", samples=7),
-    CurvatureRequest("lowrank", rank=3, method="matrix_free", power_iters=2),
+    CurvatureRequest(kind="lowrank", rank=3, curvature_method="exact"),
+    CurvatureRequest(kind="lowrank", rank=5, curvature_samples=6, curvature_fisher="sampled",
+                     curvature_method="exact"),
+    CurvatureRequest(kind="diag", curvature_samples=7, curvature_method="exact"),
+    CurvatureRequest(kind="lowrank", rank=3, curvature_method="matrix_free", power_iters=2),
 ], ids=["exact", "sampled-subsample", "diag", "matrix-free"])
 @pytest.mark.parametrize("at", ["broadcast", "local"])
 def test_round_curvature_is_client_curvature_per_client(request_, at):
@@ -211,18 +242,18 @@ def test_round_curvature_is_client_curvature_per_client(request_, at):
     g = torch.Generator().manual_seed(1)
     thetas = theta + 0.01 * torch.randn(3, theta.numel(), generator=g, dtype=theta.dtype)
     where = theta if at == "broadcast" else thetas
-    got = round_curvature(request_, sim.task, sim.model, sim.layout, where, sim.data,
+    got = round_curvature(request_, sim.client_model, where, sim.data,
                           [torch.Generator().manual_seed(10 + m) for m in range(3)])
     for m in range(3):
-        ref = client_curvature(request_, sim.task, sim.model, sim.layout, where if at == "broadcast"
-                               else thetas[m], sim.data[m], torch.Generator().manual_seed(10 + m))
-        assert got[m].keys() == ref.keys()
-        if "diag" in ref:
-            torch.testing.assert_close(got[m]["diag"], ref["diag"], rtol=1e-10, atol=1e-14)
+        ref = client_curvature(request_, sim.client_model, where if at == "broadcast" else thetas[m],
+                               sim.data[m], torch.Generator().manual_seed(10 + m))
+        assert (got[m].diag is None, got[m].factor is None) == (ref.diag is None, ref.factor is None)
+        if ref.diag is not None:
+            torch.testing.assert_close(got[m].diag, ref.diag, rtol=1e-10, atol=1e-14)
         else:  # eigenvectors up to sign: compare A^T A
-            torch.testing.assert_close(got[m]["eigvals"], ref["eigvals"], rtol=1e-10, atol=1e-14)
-            torch.testing.assert_close(got[m]["factor"].T @ got[m]["factor"],
-                                       ref["factor"].T @ ref["factor"], rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(got[m].eigvals, ref.eigvals, rtol=1e-10, atol=1e-14)
+            torch.testing.assert_close(got[m].factor.T @ got[m].factor,
+                                       ref.factor.T @ ref.factor, rtol=1e-9, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- size rule
@@ -246,7 +277,8 @@ def test_auto_rule_and_overrides():
 
 def test_fedrcl_stays_sequential_even_when_forced():
     method = CLIENT_METHODS.get("fedrcl")(ClientConfig(method="fedrcl", params=None))
-    vec, why = choose_path(True, method, object(), torch.nn.Linear(2, 2), 100, [10, 12], 2)
+    model = torch.nn.Linear(2, 2)
+    vec, why = choose_path(True, method, ClientModel(object(), model, ParamLayout.of(model)), [10, 12], 2)
     assert not vec and "fedrcl" in why
 
 

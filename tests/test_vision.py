@@ -300,8 +300,10 @@ def test_features_functional_call_matches_module():
 def test_amp_runs_local_forward_passes_in_bfloat16_and_nothing_else():
     """amp: local training's forward pass autocasts to bfloat16 (gradients close to, but not
     equal to, float32 ones); evaluation stays in float32, bit for bit."""
+    from fipa.client_model import ClientModel
     from fipa.clients import CLIENT_METHODS
     from fipa.config import ClientConfig
+    from fipa.round_context import RoundContext
 
     full, amp = (Vision(VisionParams(train_subsample=200, amp=on), seed=0, dtype=torch.float32)
                  for on in (False, True))  # autocast leaves float64 alone
@@ -313,7 +315,8 @@ def test_amp_runs_local_forward_passes_in_bfloat16_and_nothing_else():
     with amp.autocast(theta.device):
         assert amp.outputs(model, layout.unflatten(theta), batch).dtype == torch.bfloat16
     method = CLIENT_METHODS.get("local")(ClientConfig())
-    grads = [method.gradient(t, model, layout, theta, theta, batch, {})[0] for t in (full, amp)]
+    grads = [method.gradient(ClientModel(t, model, layout), theta, theta, batch, {}, RoundContext(1))[0]
+             for t in (full, amp)]
     cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
     assert not torch.equal(grads[0], grads[1]) and cos > 0.99
     assert amp.evaluate(model, layout.unflatten(theta)) == full.evaluate(model, layout.unflatten(theta))

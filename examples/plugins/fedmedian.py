@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, State
+from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, RoundContext, State
 from fipa.keys import key
 
 
@@ -41,6 +41,7 @@ class FedMedian(Aggregator):
 
     Params = FedMedianParams
 
-    def step(self, theta: torch.Tensor, updates: list[ClientUpdate], state: State) -> torch.Tensor:
+    def step(self, theta: torch.Tensor, updates: list[ClientUpdate], state: State, ctx: RoundContext
+             ) -> torch.Tensor:
         deltas = torch.stack([u.delta for u in updates])  # [M, P]
         return theta + self.params.server_lr * coordinate_median(deltas)

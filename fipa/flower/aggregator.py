@@ -28,6 +28,7 @@ from fipa.aggregators import AGGREGATORS, Aggregator, ClientUpdate, State
 from fipa.errors import ConfigError
 from fipa.flower import INSTALL_HINT
 from fipa.keys import key
+from fipa.round_context import RoundContext
 
 # server rounds aggregated so far: a strategy's server_round (FedAdam's bias correction reads it)
 ROUND = "flower_round"
@@ -212,7 +213,8 @@ class FlowerStrategy(Aggregator):
         # exactly what decoding its encoding would give
         return {ROUND: torch.tensor(0)}
 
-    def step(self, theta: torch.Tensor, updates: list[ClientUpdate], state: State) -> torch.Tensor:
+    def step(self, theta: torch.Tensor, updates: list[ClientUpdate], state: State, ctx: RoundContext
+             ) -> torch.Tensor:
         from fipa.flower.state import PREFIX, decode, encode
 
         decode(self.strategy, state)  # the checkpointed strategy, whether resumed or not

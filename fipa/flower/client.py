@@ -16,6 +16,7 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
+from fipa.client_model import ClientModel
 from fipa.curvature import CurvatureRequest, client_curvature
 from fipa.flower.records import flat_record, record_shapes, upload_record
 from fipa.flower.strategy import CLIENT_ID, CLIENT_RECORD
@@ -57,13 +58,11 @@ def curvature_factor(model: nn.Module, loss: nn.Module | str, inputs: torch.Tens
     ``named_parameters`` order (the order of :func:`flat_params`). ``method``: "exact", "gram",
     "matrix_free" or "auto" (fipa/curvature.py's size rule); ``seed`` draws the matrix-free probes.
     """
-    task = _ModelOutputs(loss_kind(loss))
-    layout = ParamLayout.of(model)
-    theta = layout.flatten(model_params(model))
-    request = CurvatureRequest("lowrank", rank, method=method)
+    cm = ClientModel.of(_ModelOutputs(loss_kind(loss)), model)  # type: ignore[arg-type]
+    request = CurvatureRequest(kind="lowrank", rank=rank, curvature_method=method)
     gen = torch.Generator().manual_seed(seed)
-    out = client_curvature(request, task, model, layout, theta, {"x": inputs}, gen)  # type: ignore[arg-type]
-    return out["eigvals"], out["factor"]
+    out = client_curvature(request, cm, cm.theta(), {"x": inputs}, gen)
+    return out.eigvals, out.factor
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:

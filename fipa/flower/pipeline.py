@@ -43,7 +43,7 @@ def check_job(cfg: RunConfig, sim: Simulation) -> None:
     if cfg.participation != 1.0:
         raise ConfigError("participation: Flower samples its own nodes; the app takes every client (1.0)")
     method = sim.method
-    if method.client_state_keys or method.server_state_keys or method.uplink_vectors:
+    if method.client_state_keys or method.server_state_keys:
         raise ConfigError(f"client.method: {cfg.client.method} keeps state across rounds; the app runs "
                           "stateless client methods (local, fedprox, fedsam)")
     if buffers.has_buffers(sim.model):
@@ -97,9 +97,11 @@ class FlowerJob:
         config = msg.content["config"]
         rnd = int(config["server-round"])
         method = self.sim.method
-        method.begin_round(method.init_server_state(theta), rnd)
-        (update,) = train_work([ClientWork(self.sim, theta, rnd, client, method.init_state(theta))],
-                               vectorize=False)
+        # check_job admits stateless methods only: a fresh client and server state every round
+        work = ClientWork(self.sim, theta, rnd, client, method.init_state(theta),
+                          method.init_server_state(theta))
+        (result,) = train_work([work], vectorize=False)
+        update = result.update
         if RANK in config:
             return fipa_reply(msg, update.delta, update.num_samples, update.factor, client_id=client)
         return model_reply(msg, theta + update.delta, update.num_samples)

@@ -21,6 +21,7 @@ from fipa.aggregators import AGGREGATORS, ClientUpdate
 from fipa.config import parse_params
 from fipa.errors import ConfigError
 from fipa.flower.records import flat_record, flatten_record, read_upload, record_shapes
+from fipa.round_context import RoundContext
 
 CLIENT_RECORD, CLIENT_ID = "client", "client-id"  # the reply's ConfigRecord naming its client
 # what a client must compute, sent in every training instruction's ConfigRecord
@@ -28,13 +29,13 @@ RANK, CURVATURE_AT = "fipa-rank", "fipa-curvature-at"
 
 
 class FIPAStrategy(FedAvg):
-    """Fisher-Informed Parameterwise Aggregation (fipa-spec.md) as a Flower strategy.
+    """Fisher-Informed Parameterwise Aggregation (docs/method.md, "Update rule") as a Flower strategy.
 
         theta^{k+1} = theta^k + eta_s (H + lambda I)^-1 (sum_m w_m H_m delta_m + lambda dbar),
         H = sum_m w_m A_m^T A_m,  w_m = N_m / sum_j N_j,  lambda = rho lambda_max(H)
 
     solved in range(H) from the clients' low-rank factors, never forming P x P. The server
-    step is the registered ``fipa`` aggregator of fipa/aggregators.py built from its own
+    step is the registered ``fipa`` aggregator of fipa/aggregators/fipa.py built from its own
     Params, so damping, complement and curvature memory are the pipeline's, option for option.
 
     Parameters
@@ -74,7 +75,7 @@ class FIPAStrategy(FedAvg):
         """FedAvg's instructions, plus the curvature a client must return (rank, where)."""
         self.shapes, self.theta = record_shapes(arrays), flatten_record(arrays)
         request = self.aggregator.curvature_request()
-        config[RANK], config[CURVATURE_AT] = request.rank, request.at
+        config[RANK], config[CURVATURE_AT] = request.rank, request.curvature_at
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
@@ -88,7 +89,7 @@ class FIPAStrategy(FedAvg):
         updates = sorted((self._update(msg) for msg in valid), key=lambda u: u.client)
         if self.server_state is None:
             self.server_state = self.aggregator.init_state(self.theta)
-        theta_new = self.aggregator.step(self.theta, updates, self.server_state)
+        theta_new = self.aggregator.step(self.theta, updates, self.server_state, RoundContext(server_round))
         metrics = self.train_metrics_aggr_fn([msg.content for msg in valid], self.weighted_by_key)
         return flat_record(theta_new, self.shapes), metrics
 
