@@ -130,7 +130,6 @@ TOY_METHOD = textwrap.dedent('''
             return 0.5 * self.params.lam * flat.pow(2).sum()
 ''')
 
-SPLIT = pytest.mark.xfail(strict=True, reason="aggregators/clients package split lands from branch i25-core")
 REGRESSION = {"name": "regression", "n_train": 64, "hidden": [8]}
 
 
@@ -159,11 +158,11 @@ class Extension:
 
 CASES = [
     pytest.param(Extension("aggregators/half_step.py", TOY_AGGREGATOR, REGRESSION, {"method": "local"},
-                           {"name": "half_step", "fraction": 0.5}), id="aggregator", marks=SPLIT),
+                           {"name": "half_step", "fraction": 0.5}), id="aggregator"),
     pytest.param(Extension("tasks/toylinear.py", TOY_TASK, {"name": "toylinear", "dim": 3},
                            {"method": "local"}, {"name": "fedavg"}), id="task-family"),
     pytest.param(Extension("clients/shrink.py", TOY_METHOD, REGRESSION, {"method": "shrink", "lam": 0.01},
-                           {"name": "fedavg"}), id="client-method", marks=SPLIT),
+                           {"name": "fedavg"}), id="client-method"),
 ]
 
 

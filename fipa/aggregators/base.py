@@ -92,7 +92,7 @@ class Aggregator:
         return {}
 
 
-AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator")
+AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator", discover="fipa.aggregators")
 # Flower's strategies as aggregators (fipa/flower/aggregator.py): announced here, imported on first
 # use, so that flwr (the optional extra `flower`) is needed only by configs that name it
 AGGREGATORS.register_lazy("flower", "fipa.flower.aggregator")

@@ -49,7 +49,7 @@ class LocalResult:
     upload: ClientState = field(default_factory=dict)  # to the method's server side (SCAFFOLD's Delta c_i)
 
 
-CLIENT_METHODS: Registry[type[ClientMethod]] = Registry("client method")
+CLIENT_METHODS: Registry[type[ClientMethod]] = Registry("client method", discover="fipa.clients")
 
 
 @dataclass
